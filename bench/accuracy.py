@@ -1,0 +1,191 @@
+"""Accuracy of the sequential recommenders on a dataset under RecBole's protocol, as JSON.
+
+    python bench/accuracy.py --json OUT [--dataset ml-100k] [--knowledge DIR]
+        [--models sasrec lightsans caser gru4rec] [--seeds 2020 2021 2022]
+        [--fractions 0.1 0.3] [--max-epochs N] [--max-seconds S]
+
+Rows in the project's evaluation format:
+
+- `pop`: most popular training items, the user's earlier items masked (the floor);
+- `base`: the ID model; `na_llm`: the ID model + knowledge from the not-aligned LLM
+  (the folder `streamrec knowledge generate` writes);
+- `base@F`, `na_llm@F`: SASRec trained on a share F of the users' training sequences
+  (the low-resource setting), evaluated on every user.
+
+Caps (`--max-epochs`, `--max-seconds`, fewer seeds) are written into each row's `note`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.metrics import ranking_metrics, ranks_from_scores
+from streamrec.datasets import load_dataset
+from streamrec.settings import get_settings
+from workers.recommender_training import (
+    ProtocolData,
+    knowledge_variant,
+    protocol_data,
+    run_variant,
+)
+
+log = logging.getLogger("bench.accuracy")
+
+LOW_RESOURCE_MODEL = "sasrec"
+
+
+def popularity_row(data: ProtocolData) -> dict:
+    """Rank items by training frequency for every test example, earlier items masked."""
+    counts = np.bincount(np.concatenate(data.train_sequences), minlength=data.n_items)
+    scores = torch.from_numpy(counts.astype(np.float32)).repeat(len(data.test), 1)
+    # Break ties by a fixed tiny jitter so equal counts do not share (pessimistic) ranks.
+    scores += torch.rand(scores.shape[1], generator=torch.Generator().manual_seed(0)) * 1e-3
+    for row, masked in enumerate(data.test.masked):
+        scores[row, torch.from_numpy(masked)] = float("-inf")
+    scores[:, 0] = float("-inf")
+    metrics = ranking_metrics(ranks_from_scores(scores, data.test.targets))
+    return {
+        "dataset": data.dataset_name,
+        "model": "pop",
+        "variant": "pop",
+        "seeds": [],
+        "metrics": metrics,
+        "std": dict.fromkeys(metrics, 0.0),
+    }
+
+
+def metadata_knowledge(settings, dataset, folder: Path) -> Path:
+    """A stand-in knowledge folder with no LLM: each item's "title (year): genres" through
+    the text encoder. For runs made before the LLM's knowledge exists; its rows are named
+    `meta_text`, never `na_llm`."""
+    from streamrec.assets import load_text_encoder
+
+    if (folder / "vectors.npy").is_file():
+        return folder
+    items = sorted(dataset.items.values(), key=lambda item: item.inner_id)
+    texts = [f"{item.title} ({item.year}): {', '.join(item.genres)}" for item in items]
+    vectors = load_text_encoder(settings=settings).encode(texts)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "vectors.npy", vectors.astype(np.float32))
+    np.save(folder / "item_ids.npy", np.array([item.external_id for item in items], np.int64))
+    summary = {"items": len(items), "llm": "none (title, year, genres only)"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def log_epoch(model: str, variant: str):
+    def on_epoch(seed: int, record: dict) -> None:
+        valid = record.get("valid", {}).get("ndcg@10", float("nan"))
+        log.info(
+            "%s %s seed %d epoch %d: loss %.4f, valid ndcg@10 %.4f (%.0f s)",
+            model,
+            variant,
+            seed,
+            record["epoch"],
+            record["loss"],
+            valid,
+            record["seconds"],
+        )
+
+    return on_epoch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, help="Where to write the rows.")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument(
+        "--knowledge", help="Knowledge folder (default <data_dir>/knowledge/<dataset>)."
+    )
+    parser.add_argument("--models", nargs="+", default=["sasrec", "lightsans", "caser", "gru4rec"])
+    parser.add_argument("--variants", nargs="+", default=["base", "na_llm"])
+    parser.add_argument(
+        "--metadata-knowledge",
+        help="Build and use a stand-in knowledge folder here (item metadata through the text "
+        "encoder, no LLM); its rows are named meta_text instead of na_llm.",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="Default: recommender.seeds.")
+    parser.add_argument("--fractions", nargs="*", type=float, default=[0.1, 0.3])
+    parser.add_argument("--max-epochs", type=int, default=0, help="Epoch cap (0: settings).")
+    parser.add_argument("--max-seconds", type=float, default=0, help="Per-seed time cap.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    settings = get_settings()
+    recommender = settings.recommender
+    updates = {}
+    if args.max_epochs:
+        updates["epochs"] = args.max_epochs
+    if args.max_seconds:
+        updates["max_seconds"] = args.max_seconds
+    settings = settings.model_copy(update={"recommender": recommender.model_copy(update=updates)})
+    if settings.recommender.threads:
+        torch.set_num_threads(settings.recommender.threads)
+    seeds = args.seeds or settings.recommender.seeds
+    notes = []
+    if len(seeds) < 3:
+        notes.append(f"{len(seeds)} seed(s), not 3")
+    if args.max_epochs:
+        notes.append(f"at most {args.max_epochs} epochs per seed")
+    if args.max_seconds:
+        notes.append(f"at most {args.max_seconds:g} s per seed")
+    note = "; ".join(notes)
+
+    dataset = load_dataset(args.dataset, settings)
+    data = protocol_data(dataset)
+    folder = Path(args.knowledge or settings.data_dir / "knowledge" / args.dataset)
+    knowledge_name = "na_llm"
+    if args.metadata_knowledge:
+        folder = metadata_knowledge(settings, dataset, Path(args.metadata_knowledge))
+        knowledge_name = "meta_text"
+    if "na_llm" in args.variants and not (folder / "vectors.npy").is_file():
+        parser.error(f"no knowledge in {folder}: run `streamrec knowledge generate` first")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [popularity_row(data)]
+
+    def write() -> None:
+        out.write_text(json.dumps(rows, indent=1))
+
+    write()
+    plan = [(model, variant, 1.0) for model in args.models for variant in args.variants]
+    if LOW_RESOURCE_MODEL in args.models:
+        plan += [
+            (LOW_RESOURCE_MODEL, variant, fraction)
+            for fraction in args.fractions
+            for variant in args.variants
+        ]
+    for model, variant_kind, fraction in plan:
+        started = time.monotonic()
+        knowledge = folder if variant_kind == "na_llm" else None
+        variant, summary = knowledge_variant(settings, data, knowledge, fraction, knowledge_name)
+        row, _ = run_variant(
+            settings,
+            data,
+            model,
+            variant,
+            seeds,
+            on_epoch=log_epoch(model, variant.name),
+            note=note,
+        )
+        if summary:
+            row["llm_version"] = summary.get("llm_version") or summary.get("llm")
+            row["knowledge_coverage"] = summary.get("coverage")
+        row["seconds"] = round(time.monotonic() - started, 1)
+        rows.append(row)
+        write()
+        log.info("%s %s: ndcg@10 %.4f", model, variant.name, row["metrics"]["ndcg@10"])
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

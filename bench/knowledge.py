@@ -1,0 +1,111 @@
+"""Knowledge throughput: items/s of generate + encode with the default LLM, by batch size.
+
+    python bench/knowledge.py --json bench/out/knowledge.json \\
+        [--batch-sizes 1 2 4 8 16 32 64] [--items 4] [--max-new-tokens 48] [--threads 1]
+
+Each batch size generates knowledge for max(batch size, --items) MovieLens-100K items
+(the same first items every time, no cache) and encodes it; the figure is items over the
+seconds of both. CPU always; a GPU too when there is one (else "gpu": null). The anchor:
+SeRALM reports 2.57 s per item with a 7B LLM on an A100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.knowledge.prompts import template_for  # noqa: E402
+from streamrec.datasets import load_dataset  # noqa: E402
+from streamrec.settings import get_settings  # noqa: E402
+from workers.knowledge_job import (  # noqa: E402
+    dataset_items,
+    domain_of,
+    load_encoder,
+    load_knowledge_llm,
+    make_generator,
+    parse_counts,
+)
+
+DATASET = "ml-100k"
+
+
+def measure(settings, items, batch_sizes, min_items, max_new_tokens) -> dict:
+    llm = load_knowledge_llm(settings)
+    encoder = load_encoder(settings)
+    template = template_for(domain_of(settings, DATASET))
+    by_batch = {}
+    for batch_size in batch_sizes:
+        chosen = items[: max(batch_size, min_items)]
+        generator = make_generator(settings, llm, template, batch_size, max_new_tokens)
+        started = time.perf_counter()
+        texts = generator.generate(chosen)
+        encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+        seconds = time.perf_counter() - started
+        by_batch[str(batch_size)] = {
+            "items": len(chosen),
+            "seconds": round(seconds, 2),
+            "items_per_s": round(len(chosen) / seconds, 3),
+            "parse": parse_counts(texts),
+        }
+        print(f"{settings.knowledge.device} batch {batch_size}: {by_batch[str(batch_size)]}")
+    best = max(by_batch, key=lambda size: by_batch[size]["items_per_s"])
+    one = by_batch.get("1", {}).get("items_per_s")
+    return {
+        "batch_1_items_per_s": one,
+        "best_items_per_s": by_batch[best]["items_per_s"],
+        "best_batch": int(best),
+        "speedup_best_vs_batch_1": round(by_batch[best]["items_per_s"] / one, 2) if one else None,
+        "by_batch": by_batch,
+        "llm": llm.name,
+        "llm_version": llm.version,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, type=Path, help="Where the report goes.")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=0, help="Torch CPU threads (0: default).")
+    args = parser.parse_args()
+
+    settings = get_settings()
+    settings.knowledge.threads = args.threads
+    items = dataset_items(load_dataset(DATASET, settings))
+    report = {"llm": None, "cpu": None, "gpu": None}
+    settings.knowledge.device = "cpu"
+    report["cpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
+    report["cpu"]["threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        settings.knowledge.device = "cuda"
+        report["gpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
+        report["gpu"]["device"] = torch.cuda.get_device_name()
+    report["llm"] = report["cpu"].pop("llm")
+    report.update(
+        {
+            "dataset": DATASET,
+            "max_new_tokens": args.max_new_tokens,
+            "min_items_per_batch_size": args.items,
+            "encoder": "all-minilm-l6-v2",
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "anchor": "SeRALM: 2.57 s per item, 7B LLM, one A100",
+            "command": " ".join(sys.argv),
+        }
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(json.dumps({key: report[key] for key in ("llm", "cpu", "gpu")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

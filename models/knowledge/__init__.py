@@ -1,0 +1,1 @@
+"""LLM item knowledge (SeRALM): prompts, batched generation, parsing, encoding, cache."""

@@ -1,0 +1,209 @@
+"""RecSysLLM on any Hugging Face causal LM.
+
+The base model keeps its own positions; an added intra-entity position
+embedding (zero-initialised, so the wrapped model starts out exactly as the base
+model) is summed into the input embeddings. Training uses LoRA on the attention
+and MLP projections, with the three marker tokens' embedding rows trainable
+(they are new to the vocabulary and would otherwise stay indistinguishable).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.recsysllm.configuration_recsysllm import MARKER_TOKENS, RecSysLLMConfig
+from models.recsysllm.masking import IGNORE_INDEX, InfillingExample
+from models.recsysllm.trie import EntityTrie
+
+
+def add_marker_tokens(tokenizer, model) -> list[int]:
+    """Add the mask and span markers to the vocabulary; returns their ids."""
+    tokenizer.add_special_tokens({"additional_special_tokens": list(MARKER_TOKENS)})
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        # Distinct random rows: mean-initialised markers would look alike.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
+
+
+class RecSysLLM(nn.Module):
+    def __init__(self, llm, config: RecSysLLMConfig, marker_ids: list[int]):
+        """`llm` is ready to train or serve (LoRA-wrapped or not); see `for_training`."""
+        super().__init__()
+        self.config = config
+        self.marker_ids = list(marker_ids)
+        self.mask_id, self.span_start_id, self.span_end_id = self.marker_ids
+        self.llm = llm
+        hidden = llm.config.hidden_size
+        self.intra_position = nn.Embedding(config.max_intra_position, hidden)
+        nn.init.zeros_(self.intra_position.weight)
+        self.intra_position.requires_grad_(config.intra_positions)
+
+    @classmethod
+    def for_training(cls, base_model, config: RecSysLLMConfig, marker_ids: list[int]):
+        """LoRA on the projections that exist in `base_model`, marker rows trainable."""
+        if config.lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            names = {module.rsplit(".", 1)[-1] for module, _ in base_model.named_modules()}
+            base_model = get_peft_model(
+                base_model,
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha,
+                    lora_dropout=config.lora_dropout,
+                    target_modules=[name for name in config.lora_targets if name in names],
+                    trainable_token_indices={"embed_tokens": list(marker_ids)},
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        return cls(base_model, config, marker_ids)
+
+    def embed(self, input_ids: torch.Tensor, intra_positions: torch.Tensor) -> torch.Tensor:
+        embeddings = self.llm.get_input_embeddings()(input_ids)
+        if not self.config.intra_positions:
+            return embeddings
+        positions = intra_positions.clamp(max=self.config.max_intra_position - 1)
+        return embeddings + self.intra_position(positions)
+
+    def forward(self, input_ids, intra_positions, attention_mask=None, labels=None, **kwargs):
+        return self.llm(
+            inputs_embeds=self.embed(input_ids, intra_positions),
+            attention_mask=attention_mask,
+            labels=labels,
+            **kwargs,
+        )
+
+    def _tail_logits(self, batch: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+        """Logits of the last `width` positions only: a full vocabulary row per
+        token of a long prompt would take gigabytes for a real LLM."""
+        return self(
+            batch["input_ids"],
+            batch["intra_positions"],
+            batch["attention_mask"],
+            logits_to_keep=width,
+        ).logits.float()
+
+    @torch.no_grad()
+    def sequence_scores(
+        self, context: list[int], context_positions: list[int], answers: list[list[int]]
+    ) -> torch.Tensor:
+        """log p(answer, span end | context) for each answer (its token ids), batched."""
+        examples = []
+        for answer in answers:
+            ids = context + answer + [self.span_end_id]
+            positions = context_positions + list(range(1, len(answer) + 1)) + [0]
+            labels = [IGNORE_INDEX] * len(context) + answer + [self.span_end_id]
+            examples.append(InfillingExample(ids, labels, positions))
+        batch = collate(examples, pad_id=self.span_end_id)
+        # Every label lies in the last `width` positions (the context is shared).
+        width = batch["input_ids"].shape[1] - len(context) + 1
+        log_probs = torch.log_softmax(self._tail_logits(batch, width)[:, :-1], dim=-1)
+        labels = batch["labels"][:, -(width - 1) :]
+        picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (labels != IGNORE_INDEX)).sum(dim=1)
+
+    @torch.no_grad()
+    def beam_search_entities(
+        self,
+        context: list[int],
+        context_positions: list[int],
+        trie: EntityTrie,
+        beams: int,
+        max_tokens: int = 32,
+        exclude: set[tuple[int, ...]] | None = None,
+    ) -> list[tuple[list[int], float]]:
+        """The `beams` most likely whole entities after `context`, each a trie path.
+
+        Every step extends each partial entity only by tokens the trie allows, so
+        every returned sequence is a catalog entity; the intra-entity position of
+        each new token is its index in the entity (1, 2, ...).
+        """
+        exclude = exclude or set()
+        # Per prefix, how many excluded entities lie below it: a partial entity
+        # with nothing else below is dropped instead of taking a beam.
+        excluded_below: dict[tuple[int, ...], int] = {}
+        for sequence in exclude:
+            if sequence in trie:
+                for end in range(len(sequence) + 1):
+                    excluded_below[sequence[:end]] = excluded_below.get(sequence[:end], 0) + 1
+
+        def viable(prefix: list[int]) -> bool:
+            key = tuple(prefix)
+            return trie.entities_under(prefix) > excluded_below.get(key, 0)
+
+        live: list[tuple[list[int], float]] = [([], 0.0)]
+        done: list[tuple[list[int], float]] = []
+        for _ in range(max_tokens):
+            if not live:
+                break
+            ids = [context + prefix for prefix, _ in live]
+            positions = [context_positions + list(range(1, len(p) + 1)) for p, _ in live]
+            batch = collate(
+                [InfillingExample(i, i, p) for i, p in zip(ids, positions, strict=True)],
+                pad_id=self.span_end_id,
+            )
+            lengths = batch["attention_mask"].sum(dim=1)
+            width = int(lengths.max() - lengths.min()) + 1
+            tail = self._tail_logits(batch, width)
+            last = lengths - 1 - (batch["input_ids"].shape[1] - width)
+            step = torch.log_softmax(tail[torch.arange(len(live)), last], dim=-1)
+            candidates = []
+            for row, (prefix, score) in enumerate(live):
+                if trie.is_entity(prefix) and tuple(prefix) not in exclude:
+                    done.append((prefix, score + step[row, self.span_end_id].item()))
+                for token in trie.next_tokens(prefix):
+                    if viable(prefix + [token]):
+                        candidates.append((prefix + [token], score + step[row, token].item()))
+            candidates.sort(key=lambda pair: pair[1], reverse=True)
+            live = candidates[:beams]
+            done.sort(key=lambda pair: pair[1], reverse=True)
+            done = done[:beams]
+            if len(done) >= beams and live and live[0][1] < done[-1][1]:
+                break  # no partial entity can still beat the worst finished one
+        return done[:beams]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.llm.save_pretrained(folder / "llm")
+        torch.save(self.intra_position.state_dict(), folder / "intra_position.pt")
+        meta = {"config": self.config.to_dict(), "marker_ids": self.marker_ids}
+        (folder / "recsysllm.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, base_model=None) -> RecSysLLM:
+        """With LoRA, `base_model` is the LLM the adapter was trained on (markers added)."""
+        meta = json.loads((folder / "recsysllm.json").read_text())
+        config = RecSysLLMConfig.from_dict(meta["config"])
+        if config.lora_rank > 0:
+            from peft import PeftModel
+
+            llm = PeftModel.from_pretrained(base_model, folder / "llm")
+        else:
+            from transformers import AutoModelForCausalLM
+
+            llm = AutoModelForCausalLM.from_pretrained(folder / "llm")
+        model = cls(llm, config, meta["marker_ids"])
+        model.intra_position.load_state_dict(torch.load(folder / "intra_position.pt"))
+        return model.eval()
+
+
+def collate(examples: list[InfillingExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch tensors (padding is masked out and carries no loss)."""
+    width = max(len(example.input_ids) for example in examples)
+    batch = {
+        "input_ids": torch.full((len(examples), width), pad_id),
+        "labels": torch.full((len(examples), width), IGNORE_INDEX),
+        "intra_positions": torch.zeros((len(examples), width), dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
+    }
+    for row, example in enumerate(examples):
+        length = len(example.input_ids)
+        batch["input_ids"][row, :length] = torch.tensor(example.input_ids)
+        batch["labels"][row, :length] = torch.tensor(example.labels)
+        batch["intra_positions"][row, :length] = torch.tensor(example.intra_positions)
+        batch["attention_mask"][row, :length] = 1
+    return batch

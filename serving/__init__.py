@@ -1,0 +1,1 @@
+"""The serving plane: gRPC servicers, history store, vector index, model loading."""

@@ -1,0 +1,331 @@
+"""What every servicer shares: metrics, token auth, INVALID_ARGUMENT helpers, a reloadable model.
+
+A servicer of any model family plugs into `serving/server.py` and gets,
+without code of its own: Prometheus figures per method (latency histogram,
+requests by status code), token authentication, and (with `ModelHolder`) a
+model swapped in when the registry has a new version, announced on
+`model-updates` or found by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from streamrec.registry import ModelRegistry, ModelVersion
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LATENCY = Histogram(
+    "streamrec_grpc_latency_seconds",
+    "Server-side latency of gRPC calls",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+REQUESTS = Counter("streamrec_grpc_requests_total", "gRPC calls by status code", ["method", "code"])
+ERRORS = Counter("streamrec_grpc_errors_total", "gRPC calls not answered OK", ["method", "code"])
+INVALID = Counter("streamrec_grpc_invalid_total", "INVALID_ARGUMENT answers by method", ["method"])
+BATCH_SIZE = Histogram(
+    "streamrec_serving_batch_size",
+    "Requests per micro-batch",
+    ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_VERSION = Gauge(
+    "streamrec_serving_model_version", "Number of the model version being served", ["family"]
+)
+RELOADS = Counter(
+    "streamrec_serving_reloads_total", "Model reloads by outcome", ["family", "outcome"]
+)
+
+AUTH_HEADER = "authorization"
+BEARER = "bearer "
+
+
+def _method_name(full_method: str) -> str:
+    return full_method.rsplit("/", 1)[-1] if full_method else "unknown"
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
+    """The same handler with its unary-unary behaviour wrapped (others are left as they are)."""
+    if handler is None or handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        wrap(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Latency histogram and request/error counters per method, labelled by status code."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = _method_name(handler_call_details.method)
+
+        def wrap(behaviour):
+            async def timed(request, context):
+                started = time.perf_counter()
+                code = grpc.StatusCode.OK
+                try:
+                    reply = await behaviour(request, context)
+                    code = context.code() or grpc.StatusCode.OK
+                    return reply
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    if not isinstance(code, grpc.StatusCode):
+                        code = grpc.StatusCode.UNKNOWN
+                    LATENCY.labels(method).observe(time.perf_counter() - started)
+                    REQUESTS.labels(method, code.name).inc()
+                    if code != grpc.StatusCode.OK:
+                        ERRORS.labels(method, code.name).inc()
+
+            return timed
+
+        return _wrap_unary(handler, wrap)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED unless the call carries `authorization: Bearer <one of the tokens>`."""
+
+    def __init__(self, tokens: Sequence[str], open_services: Sequence[str] = ()):
+        self._tokens = [token.encode() for token in tokens if token]
+        self._open = tuple(f"/{name}/" for name in open_services)
+
+    def _allowed(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key.lower() != AUTH_HEADER:
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            if not text.lower().startswith(BEARER):
+                return False
+            given = text[len(BEARER) :].strip().encode()
+            # Compare with every token in constant time, so timing says nothing about them.
+            return any([hmac.compare_digest(given, token) for token in self._tokens])
+        return False
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        if method.startswith(self._open) or self._allowed(handler_call_details.invocation_metadata):
+            return await continuation(handler_call_details)
+        return _refusal(await continuation(handler_call_details))
+
+
+def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    """A handler of the same shape that answers UNAUTHENTICATED."""
+    message = "a valid token is required: send metadata 'authorization: Bearer <token>'"
+    if handler is None:
+        return None
+
+    async def unary(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def streaming(request_or_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    options = dict(
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **options)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **options)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **options)
+    return grpc.stream_stream_rpc_method_handler(streaming, **options)
+
+
+def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """Auth first (a refused call does not reach the metrics of a method it may not call)."""
+    chosen: list[grpc.aio.ServerInterceptor] = []
+    if settings.serving.auth_tokens:
+        chosen.append(
+            TokenAuthInterceptor(settings.serving.auth_tokens, settings.serving.auth_open_services)
+        )
+    chosen.append(MetricsInterceptor())
+    return chosen
+
+
+# --- bad requests ------------------------------------------------------------
+
+
+class InvalidRequest(ValueError):
+    """A request the servicer refuses; the message says what was wrong."""
+
+
+async def abort_invalid(context: grpc.aio.ServicerContext, reason: str) -> None:
+    """Answer INVALID_ARGUMENT with `reason` (raises, like `context.abort`)."""
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
+def check_k(k: int, limit: int) -> None:
+    if not 1 <= k <= limit:
+        raise InvalidRequest(f"k must be between 1 and {limit}, got {k}")
+
+
+def check_list_size(name: str, values: Sequence, limit: int) -> None:
+    if len(values) > limit:
+        raise InvalidRequest(f"{name} has {len(values)} entries; at most {limit} are accepted")
+
+
+def check_user_or_history(user_id: int, history: Sequence[int]) -> None:
+    if user_id < 0:
+        raise InvalidRequest(f"user_id must not be negative, got {user_id}")
+    if user_id == 0 and not history:
+        raise InvalidRequest("give a user_id (> 0) or a non-empty history")
+
+
+def check_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlinePassed()
+
+
+class DeadlinePassed(Exception):
+    """The caller's deadline passed before the answer was ready."""
+
+
+# --- reloadable model ----------------------------------------------------------
+
+M = TypeVar("M")
+
+
+class ModelHolder(Generic[M]):
+    """The model a servicer serves now, swapped for a newer registry version when one appears.
+
+    A request takes `holder.current` once and uses that object to the end, so a
+    swap never changes a model under a request in flight; the old one is freed
+    when its last request finishes. Loading runs in a thread, off the event loop.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        family: str,
+        load: Callable[[ModelVersion], M],
+        on_swap: Callable[[M], Awaitable[None] | None] | None = None,
+    ):
+        self.settings = settings
+        self.family = family
+        self.registry = ModelRegistry.from_settings(settings)
+        self._load = load
+        self._on_swap = on_swap
+        self.current: M | None = None
+        self.version: ModelVersion | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._stop_consumer = threading.Event()
+        # Set once announcements are heard (tests wait for it before publishing).
+        self.listening = threading.Event()
+        self._consumer_thread: threading.Thread | None = None
+
+    async def refresh(self) -> bool:
+        """Load the latest registry version if newer than the served one; True if swapped."""
+        async with self._lock:
+            latest = await asyncio.to_thread(self.registry.latest, self.family)
+            if latest is None or (self.version and latest.number <= self.version.number):
+                return False
+            try:
+                loaded = await asyncio.to_thread(self._load, latest)
+            except Exception:
+                RELOADS.labels(self.family, "failed").inc()
+                log.exception("loading %s/%s failed; keeping the served one", *_name(latest))
+                return False
+            self.current, self.version = loaded, latest
+            MODEL_VERSION.labels(self.family).set(latest.number)
+            RELOADS.labels(self.family, "swapped").inc()
+            log.info("serving %s/%s", *_name(latest))
+            if self._on_swap is not None:
+                result = self._on_swap(loaded)
+                if asyncio.iscoroutine(result):
+                    await result
+            return True
+
+    def start(self) -> None:
+        """Watch for new versions: the model-updates topic (when on) and polling."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch()))
+        if self.settings.serving.reload_from_topic:
+            self._consumer_thread = threading.Thread(
+                target=self._consume_updates, args=(loop,), daemon=True, name="model-updates"
+            )
+            self._consumer_thread.start()
+
+    async def stop(self) -> None:
+        self._stop_consumer.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._consumer_thread is not None:
+            await asyncio.to_thread(self._consumer_thread.join, 10)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.serving.reload_poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("looking for a new %s version failed", self.family)
+
+    def _consume_updates(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the watcher on each ModelUpdate of this family (a thread: kafka-python blocks)."""
+        from kafka import KafkaConsumer
+
+        from streamrec.services import kafka_bootstrap
+        from streamrec.v1 import events_pb2
+
+        try:
+            # No group: every replica hears every announcement; only new ones matter.
+            consumer = KafkaConsumer(
+                self.settings.kafka.model_updates_topic,
+                bootstrap_servers=kafka_bootstrap(self.settings),
+                auto_offset_reset="latest",
+                enable_auto_commit=False,
+                consumer_timeout_ms=500,
+            )
+        except Exception as error:
+            log.warning("not listening on model-updates (%s); polling only", error)
+            return
+        try:
+            while not consumer.assignment() and not self._stop_consumer.is_set():
+                consumer.poll(timeout_ms=200)
+            for partition in consumer.assignment():
+                consumer.position(partition)  # fixes "latest" now: later updates are heard
+            self.listening.set()
+            while not self._stop_consumer.is_set():
+                for message in consumer:
+                    update = events_pb2.ModelUpdate.FromString(message.value)
+                    if update.model == self.family:
+                        loop.call_soon_threadsafe(self._wake.set)
+                    if self._stop_consumer.is_set():
+                        break
+        except Exception:
+            log.exception("model-updates consumer stopped; polling only")
+        finally:
+            consumer.close()
+
+
+def _name(version: ModelVersion) -> tuple[str, str]:
+    return version.family, version.version

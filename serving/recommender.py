@@ -1,0 +1,264 @@
+"""RecommenderService: SeRALM recommendations from ClickHouse histories.
+
+history (request, or ClickHouse through a TTL cache) -> the registry's latest
+`seralm` recommender -> user vector (micro-batched forward) -> faiss top-k
+over the item vectors -> seen/excluded ids removed, candidates respected.
+A user with no usable history gets popular recent items (cold start).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from serving.batching import MicroBatcher
+from serving.history_cache import HistoryCache
+from serving.index import VectorIndex
+from serving.kit import (
+    INVALID,
+    DeadlinePassed,
+    InvalidRequest,
+    ModelHolder,
+    abort_invalid,
+    check_deadline,
+    check_k,
+    check_list_size,
+    check_user_or_history,
+)
+from serving.popular import PopularItems
+from streamrec.registry import ModelVersion
+from streamrec.settings import Settings
+from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def set_torch_threads(settings: Settings) -> None:
+    import torch
+
+    if settings.serving.torch_threads:
+        torch.set_num_threads(settings.serving.torch_threads)
+
+
+def pick_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+@dataclass
+class ServingModel:
+    """One loaded version: the model, its item vectors in an index, and the id mapping."""
+
+    version: str
+    model: object
+    device: str
+    item_ids: np.ndarray  # external id per model index; index 0 is padding
+    index_of: dict[int, int]
+    vectors: np.ndarray  # float32 [n_items, D], row 0 (padding) unused
+    index: VectorIndex
+    max_length: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def load_serving_model(version: ModelVersion, settings: Settings) -> ServingModel:
+    """Load a `seralm` checkpoint folder (contract 1) and index its item vectors."""
+    import torch
+
+    from models.sequential.checkpoint import load_recommender
+
+    device = pick_device(settings.serving.device)
+    loaded = load_recommender(version.path, device=device)
+    model = loaded.model.to(device).eval()
+    with torch.inference_mode():
+        vectors = model.item_representations().float().cpu().numpy()
+    item_ids = np.asarray(loaded.item_ids, dtype=np.int64)
+    config = json.loads((version.path / "config.json").read_text()).get("config", {})
+    max_length = int(config.get("max_seq_length") or settings.serving.history_length)
+    return ServingModel(
+        version=version.version,
+        model=model,
+        device=device,
+        item_ids=item_ids,
+        index_of={int(item): index for index, item in enumerate(item_ids) if index > 0},
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        index=VectorIndex(vectors[1:], settings.serving, first_id=1),
+        max_length=min(max_length, settings.serving.history_length),
+    )
+
+
+@dataclass
+class Query:
+    """One request's share of a micro-batch, in model indices."""
+
+    served: ServingModel
+    sequence: list[int]
+    k: int
+    excluded: set[int] = field(default_factory=set)
+    candidates: np.ndarray | None = None
+
+
+def user_vectors(served: ServingModel, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """The model's user representations of left-aligned, zero-padded sequences (RecBole)."""
+    import torch
+
+    lengths = [len(sequence) for sequence in sequences]
+    padded = np.zeros((len(sequences), max(lengths)), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        padded[row, : len(sequence)] = sequence
+    with torch.inference_mode():
+        vectors = served.model.user_representation(
+            torch.from_numpy(padded).to(served.device),
+            torch.tensor(lengths, dtype=torch.long, device=served.device),
+        )
+    return vectors.float().cpu().numpy()
+
+
+def top_k(served: ServingModel, vector: np.ndarray, query: Query, found=None):
+    """(model indices, scores) of the best `query.k` items for one user vector."""
+    if query.candidates is not None:
+        pool = np.array([i for i in query.candidates if i not in query.excluded], dtype=np.int64)
+        scores = served.vectors[pool] @ vector
+        order = np.argsort(-scores, kind="stable")[: query.k]
+        return pool[order], scores[order]
+    indices, scores = found
+    keep = [j for j, index in enumerate(indices) if index > 0 and index not in query.excluded]
+    keep = keep[: query.k]
+    return indices[keep], scores[keep]
+
+
+def run_batch(queries: Sequence[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One forward per model version in the batch, one faiss search for the open queries."""
+    results: list = [None] * len(queries)
+    by_model: dict[int, list[int]] = {}
+    for position, query in enumerate(queries):
+        by_model.setdefault(id(query.served), []).append(position)
+    for positions in by_model.values():
+        served = queries[positions[0]].served
+        vectors = user_vectors(served, [queries[p].sequence for p in positions])
+        open_rows = [row for row, p in enumerate(positions) if queries[p].candidates is None]
+        searched = {}
+        if open_rows:
+            depth = max(
+                queries[positions[r]].k + len(queries[positions[r]].excluded) for r in open_rows
+            )
+            scores, indices = served.index.search(vectors[open_rows], depth)
+            searched = {row: (indices[n], scores[n]) for n, row in enumerate(open_rows)}
+        for row, position in enumerate(positions):
+            results[position] = top_k(served, vectors[row], queries[position], searched.get(row))
+    return results
+
+
+class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
+    def __init__(self, settings: Settings, history: HistoryCache | None = None):
+        self.settings = settings
+        serving = settings.serving
+        self.holder: ModelHolder[ServingModel] = ModelHolder(
+            settings, serving.family, lambda version: load_serving_model(version, settings)
+        )
+        self.history = history or HistoryCache(settings)
+        self.popular = PopularItems(settings)
+        self.batcher = MicroBatcher(
+            run_batch,
+            serving.max_batch,
+            serving.max_wait_ms / 1000,
+            stage="model",
+            inline_below=serving.forward_on_loop_below,
+        )
+
+    async def start(self) -> None:
+        """Load the latest version (if any yet) and start watching for new ones."""
+        set_torch_threads(self.settings)
+        await self.holder.refresh()
+        if self.holder.current is None:
+            log.warning("no %s version in the registry yet; cold start only", self.holder.family)
+        await self.popular.start()
+        self.holder.start()
+
+    async def stop(self) -> None:
+        await self.holder.stop()
+        await self.popular.stop()
+        await self.batcher.close()
+        await self.history.close()
+
+    async def Recommend(self, request, context):
+        try:
+            return await self.recommend(request, context)
+        except InvalidRequest as problem:
+            INVALID.labels("Recommend").inc()
+            await abort_invalid(context, str(problem))
+        except DeadlinePassed:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
+
+    async def recommend(self, request, context) -> recommender_pb2.RecommendResponse:
+        serving = self.settings.serving
+        check_k(request.k, serving.max_k)
+        check_list_size("history", request.history, serving.max_request_history)
+        check_list_size("exclude_item_ids", request.exclude_item_ids, serving.max_request_ids)
+        check_list_size("candidate_item_ids", request.candidate_item_ids, serving.max_request_ids)
+        check_user_or_history(request.user_id, request.history)
+        check_deadline(context)
+        served = self.holder.current  # this request keeps this version to its end
+        if served is None:  # nothing published yet: popular items are all there is
+            return self.cold_start("", request.k, set(request.exclude_item_ids), ())
+        candidates = None
+        if request.candidate_item_ids:
+            unknown = [i for i in request.candidate_item_ids if i not in served.index_of]
+            if unknown:
+                shown = ", ".join(str(i) for i in unknown[:5])
+                raise InvalidRequest(
+                    f"{len(unknown)} candidate_item_ids are not in the catalog of model "
+                    f"{served.version}: {shown}{' ...' if len(unknown) > 5 else ''}"
+                )
+            candidates = np.array(
+                [served.index_of[i] for i in dict.fromkeys(request.candidate_item_ids)]
+            )
+
+        history = list(request.history) or await self.history.items(request.user_id)
+        excluded_ids = set(request.exclude_item_ids)
+        if not request.include_seen:
+            excluded_ids.update(history)
+        known = [served.index_of[i] for i in history if i in served.index_of]
+        sequence = known[-served.max_length :]
+        if not sequence:
+            return self.cold_start(
+                served.version, request.k, excluded_ids, request.candidate_item_ids
+            )
+
+        query = Query(
+            served=served,
+            sequence=sequence,
+            k=request.k,
+            excluded={served.index_of[i] for i in excluded_ids if i in served.index_of},
+            candidates=candidates,
+        )
+        indices, scores = await self.batcher.submit(query)
+        return recommender_pb2.RecommendResponse(
+            items=[
+                recommender_pb2.ScoredItem(item_id=int(served.item_ids[i]), score=float(s))
+                for i, s in zip(indices, scores, strict=True)
+            ],
+            model_version=served.version,
+        )
+
+    def cold_start(self, version, k, excluded_ids, candidate_ids):
+        ranked = self.popular.rank(k, excluded_ids, candidate_ids)
+        return recommender_pb2.RecommendResponse(
+            items=[recommender_pb2.ScoredItem(item_id=i, score=s) for i, s in ranked],
+            model_version=version,
+            cold_start=True,
+        )
+
+
+def build_servicer(settings: Settings) -> RecommenderServicer:
+    return RecommenderServicer(settings)

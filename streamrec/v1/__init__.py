@@ -1,0 +1,1 @@
+"""Generated stubs of the wire API (proto/streamrec/v1); regenerate with `python proto/generate.py`."""

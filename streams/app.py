@@ -1,0 +1,242 @@
+"""The faust-streaming app of the stream plane (`streamrec stream worker` runs it).
+
+Agents work on batches (`take_events`) rather than single events: faust's
+per-event overhead would otherwise cap ingestion far below what Kafka and
+ClickHouse can take on two cores. Each batch is validated (bad events go to
+the dead-letter topic with the reason and their source position), stored in
+ClickHouse, folded into the per-user sequence table, and turned into
+training examples. Its offsets are acknowledged only when the agent asks for
+the next batch, i.e. after the rows are stored; messages to other topics are
+buffered (`send_soon`) and faust flushes them before it commits offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from streamrec.services import kafka_bootstrap
+from streamrec.settings import get_settings
+from streamrec.v1 import events_pb2
+from streams.producer import now_ms
+from streams.sequences import apply_events
+from streams.sink import ClickHouseSink, interaction_row, item_row
+from streams.validation import Problem, interaction_problem, item_problem
+
+log = logging.getLogger(__name__)
+
+EVENTS_IN = Counter("streamrec_stream_events_total", "Events consumed", ["topic"])
+DEAD_LETTERS = Counter(
+    "streamrec_stream_dead_letters_total", "Events sent to the DLQ", ["topic", "reason"]
+)
+EXAMPLES_OUT = Counter("streamrec_stream_training_examples_total", "Training examples produced")
+NEW_ITEMS = Counter("streamrec_stream_new_items_total", "Items seen for the first time")
+CONSUMER_LAG = Gauge(
+    "streamrec_stream_consumer_lag",
+    "Messages behind the end of the partition",
+    ["topic", "partition"],
+)
+
+settings = get_settings()
+app = faust.App(
+    settings.streams.app_id,
+    broker=f"kafka://{kafka_bootstrap(settings)}",
+    store="memory://",
+    datadir=str(settings.data_dir / "faust"),
+    topic_partitions=settings.kafka.partitions,
+    topic_replication_factor=settings.kafka.replication_factor,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    broker_session_timeout=settings.streams.session_timeout_s,
+    # Must exceed the batch size, or every batch waits out its time limit.
+    stream_buffer_maxsize=2 * settings.streams.sink_batch_size,
+    web_port=settings.streams.web_port,
+    web_bind=settings.streams.web_host,
+    web_host=settings.streams.web_host,
+)
+
+raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+interactions_topic = app.topic(settings.kafka.interactions_topic, **raw)
+items_topic = app.topic(settings.kafka.items_topic, **raw)
+dlq_topic = app.topic(settings.kafka.dlq_topic, **raw)
+examples_topic = app.topic(settings.kafka.training_examples_topic, **raw)
+knowledge_topic = app.topic(settings.kafka.knowledge_requests_topic, **raw)
+
+# Keyed like the source topics (user id, item id as text), so co-partitioned.
+sequences = app.Table("user-sequences", default=None, partitions=settings.kafka.partitions)
+known_items = app.Table("known-items", default=None, partitions=settings.kafka.partitions)
+
+sink = ClickHouseSink(settings)
+
+
+def _dead_letter(event: faust.EventT, problem: Problem) -> None:
+    message = event.message
+    letter = events_pb2.DeadLetter(
+        payload=message.value or b"",
+        reason=str(problem),
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        timestamp_ms=now_ms(),
+    )
+    DEAD_LETTERS.labels(message.topic, problem.code).inc()
+    dlq_topic.send_soon(key=message.key, value=letter.SerializeToString())
+
+
+def _decode(event: faust.EventT, message_type):
+    """The decoded message, or the problem that stops it being decoded."""
+    payload = event.message.value
+    if not payload:
+        return None, Problem("empty_payload", "the message has no value")
+    limit = settings.streams.max_event_bytes
+    if len(payload) > limit:
+        return None, Problem("oversized", f"payload of {len(payload)} bytes exceeds {limit}")
+    try:
+        return message_type.FromString(payload), None
+    except Exception as error:  # protobuf raises DecodeError and others on garbage
+        return None, Problem("undecodable", f"not a {message_type.DESCRIPTOR.name}: {error}")
+
+
+def _table_set(table: faust.Table, partition: int, key: str, value) -> None:
+    """Set a table key from inside a batch.
+
+    `table[key] = value` finds the changelog partition through the stream's
+    current event, which a batch (take_events) does not have; the key's
+    partition is its source event's, since the table is co-partitioned.
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def _send_examples(partition: int, examples: list) -> None:
+    """Training examples, several per message: a message per example would cost
+    faust's producer more than everything else the worker does."""
+    size = settings.streams.examples_per_message
+    for start in range(0, len(examples), size):
+        chunk = events_pb2.TrainingExampleBatch(examples=examples[start : start + size])
+        examples_topic.send_soon(key=None, value=chunk.SerializeToString(), partition=partition)
+    EXAMPLES_OUT.inc(len(examples))
+
+
+def _track_lag(events: list[faust.EventT]) -> None:
+    last = {}
+    for event in events:
+        last[event.message.tp] = event.message.offset
+    for tp, offset in last.items():
+        highwater = app.consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - offset - 1, 0))
+
+
+async def _valid_events(batch, message_type, check) -> list[tuple[faust.EventT, object]]:
+    """Decode and validate a batch; the bad events go to the DLQ with their reason."""
+    EVENTS_IN.labels(batch[0].message.topic).inc(len(batch))
+    now = now_ms()
+    valid = []
+    for event in batch:
+        decoded, problem = _decode(event, message_type)
+        problem = problem or check(decoded, now, settings.streams)
+        if problem:
+            _dead_letter(event, problem)
+        else:
+            valid.append((event, decoded))
+    return valid
+
+
+def _batches(stream):
+    return stream.take_events(
+        settings.streams.sink_batch_size, within=settings.streams.sink_flush_interval_s
+    )
+
+
+@contextmanager
+def _exit_on_error():
+    """An error while handling a batch stops the whole worker.
+
+    faust would restart just the agent and go on acknowledging later offsets,
+    committing past the failed batch: its events would be lost. Exiting
+    instead leaves the offsets where they were, and the restarted worker
+    (Kubernetes, systemd, `streamrec up`) handles the batch again.
+    """
+    try:
+        yield
+    except Exception:
+        log.exception("handling a batch failed; exiting so that no offset moves past it")
+        logging.shutdown()
+        os._exit(1)
+
+
+async def _handle_interactions(batch: list[faust.EventT]) -> None:
+    """Validate, store, fold into the user sequences, emit training examples."""
+    valid = await _valid_events(batch, events_pb2.InteractionEvent, interaction_problem)
+    ingested_ms = now_ms()
+    rows = [
+        interaction_row(decoded, event.message.partition, event.message.offset, ingested_ms)
+        for event, decoded in valid
+    ]
+    await asyncio.get_running_loop().run_in_executor(None, sink.write_interactions, rows)
+
+    by_user = defaultdict(list)
+    for event, decoded in valid:
+        by_user[str(decoded.user_id)].append((event, decoded))
+    examples_by_partition = defaultdict(list)
+    for user, user_events in by_user.items():
+        partition = user_events[-1][0].message.partition
+        sequence, examples = apply_events(
+            sequences.get(user),
+            [(event.message.offset, decoded) for event, decoded in user_events],
+            settings.streams.sequence_length,
+        )
+        _table_set(sequences, partition, user, sequence)
+        examples_by_partition[partition].extend(examples)
+    for partition, examples in examples_by_partition.items():
+        _send_examples(partition, examples)
+    _track_lag(batch)
+
+
+async def _handle_items(batch: list[faust.EventT]) -> None:
+    """Upsert items; an item seen for the first time also asks for LLM knowledge."""
+    valid = await _valid_events(batch, events_pb2.ItemEvent, item_problem)
+    rows = [item_row(item) for _, item in valid]
+    await asyncio.get_running_loop().run_in_executor(None, sink.write_items, rows)
+    for event, item in valid:
+        key = str(item.item_id)
+        if item.deleted or known_items.get(key) is not None:
+            continue
+        _table_set(known_items, event.message.partition, key, item.timestamp_ms)
+        request = events_pb2.KnowledgeRequest(item_id=item.item_id, timestamp_ms=now_ms())
+        knowledge_topic.send_soon(key=key.encode(), value=request.SerializeToString())
+        NEW_ITEMS.inc()
+    _track_lag(batch)
+
+
+@app.agent(interactions_topic)
+async def ingest_interactions(stream):
+    async for batch in _batches(stream):
+        with _exit_on_error():
+            await _handle_interactions(batch)
+
+
+@app.agent(items_topic)
+async def ingest_items(stream):
+    async for batch in _batches(stream):
+        with _exit_on_error():
+            await _handle_items(batch)
+
+
+@app.page("/metrics")
+async def metrics(web, request):
+    # aiohttp refuses a charset inside content_type, so the header is set whole.
+    return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@app.page("/health")
+async def health(web, request):
+    return web.json({"status": "ok", "time": time.time()})

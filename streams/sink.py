@@ -1,0 +1,154 @@
+"""The ClickHouse sink: rows from the stream, inserted in batches, retried until stored.
+
+The stream worker calls `write` once per batch and only acknowledges the
+batch's Kafka offsets after it returns, so a row is never committed before it
+is stored. While ClickHouse is down `write` keeps retrying with capped
+exponential backoff: the stream stops (backpressure) instead of dropping rows.
+Redelivered rows are harmless: the tables collapse rows with the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Histogram
+
+from streamrec.db import connect
+from streamrec.settings import Settings
+from streamrec.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+SINK_ROWS = Counter("streamrec_sink_rows_total", "Rows written to ClickHouse", ["table"])
+SINK_BATCH = Histogram(
+    "streamrec_sink_batch_rows",
+    "Rows per ClickHouse insert",
+    ["table"],
+    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000),
+)
+SINK_SECONDS = Histogram("streamrec_sink_seconds", "Seconds per ClickHouse insert", ["table"])
+SINK_RETRIES = Counter(
+    "streamrec_sink_retries_total", "Failed ClickHouse inserts retried", ["table"]
+)
+
+INTERACTION_COLUMNS = (
+    "event_id, user_id, item_id, event_type, value, timestamp, timestamp_ms, "
+    "context_keys, context_values, source_partition, source_offset, ingested_ms"
+)
+ITEM_COLUMNS = (
+    "item_id, title, year, categories, description, attribute_keys, attribute_values, "
+    "deleted, updated_ms"
+)
+
+
+def interaction_row(
+    event: events_pb2.InteractionEvent, partition: int, offset: int, ingested_ms: int
+) -> tuple:
+    keys = sorted(event.context)
+    return (
+        event.event_id,
+        event.user_id,
+        event.item_id,
+        event.event_type,
+        event.value if event.HasField("value") else None,
+        event.timestamp_ms // 1000,
+        event.timestamp_ms,
+        keys,
+        [event.context[k] for k in keys],
+        partition,
+        offset,
+        ingested_ms,
+    )
+
+
+def item_row(event: events_pb2.ItemEvent) -> tuple:
+    keys = sorted(event.attributes)
+    return (
+        event.item_id,
+        event.title,
+        event.year,
+        list(event.categories),
+        event.description,
+        keys,
+        [event.attributes[k] for k in keys],
+        int(event.deleted),
+        event.timestamp_ms,
+    )
+
+
+class ClickHouseSink:
+    """Blocking inserts with retry; run it in an executor thread from async code.
+
+    Each thread gets its own connection: clickhouse-driver connections are not
+    thread-safe, and the interactions and items agents insert concurrently.
+    """
+
+    def __init__(self, settings: Settings, max_backoff_s: float = 5.0):
+        self.settings = settings
+        self.max_backoff_s = max_backoff_s
+        self._local = threading.local()
+        self._clients: set = set()
+        self._clients_lock = threading.Lock()
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = connect(self.settings)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.add(client)
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            self._local.client = None
+            with self._clients_lock:
+                self._clients.discard(client)
+            client.disconnect()
+
+    def _insert(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
+        self._client().execute(f"INSERT INTO {table} ({columns}) VALUES", list(rows))
+
+    def write(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
+        """Insert `rows`, retrying until ClickHouse takes them."""
+        if not rows:
+            return
+        backoff = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                self._insert(table, columns, rows)
+            except Exception as error:  # any driver or network error: reconnect and retry
+                SINK_RETRIES.labels(table).inc()
+                log.warning(
+                    "insert of %d rows into %s failed (%s); retrying in %.1fs",
+                    len(rows),
+                    table,
+                    error,
+                    backoff,
+                )
+                self._drop_client()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            SINK_SECONDS.labels(table).observe(time.perf_counter() - started)
+            SINK_BATCH.labels(table).observe(len(rows))
+            SINK_ROWS.labels(table).inc(len(rows))
+            return
+
+    def write_interactions(self, rows: Sequence[tuple]) -> None:
+        self.write("interactions", INTERACTION_COLUMNS, rows)
+
+    def write_items(self, rows: Sequence[tuple]) -> None:
+        self.write("items", ITEM_COLUMNS, rows)
+
+    def close(self) -> None:
+        """Disconnect every thread's connection (the worker is stopping)."""
+        with self._clients_lock:
+            clients, self._clients = self._clients, set()
+        for client in clients:
+            client.disconnect()

@@ -1,0 +1,241 @@
+"""The knowledge job on the real Kafka and ClickHouse: a new catalog item gets knowledge,
+a vector and a place in a new recommender version that the server recommends it from; a
+run killed with SIGKILL leaves the next run only what is missing.
+
+The LLM is a tiny random Llama over the real SmolLM2 tokenizer (saved as a model folder,
+so the job loads it by path like any LLM); the text encoder is the real all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from streamrec.db import connect, migrate
+from streamrec.jobs import list_runs
+from streamrec.registry import ModelRegistry
+from streamrec.settings import Settings
+from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
+from streams.producer import ItemProducer
+from streams.topics import ensure_topics
+from tests.integration.helpers import StreamWorker, isolated_environment, wait_for
+from tests.unit.knowledge_helpers import one_torch_thread, real_tokenizer, tiny_llm
+
+KNOWN_ITEMS = [101, 102, 103]  # in the first recommender version
+NEW_ITEM = 9001
+BACKFILL = list(range(5001, 5031))  # catalog items written straight to ClickHouse
+ENCODER_DIM = 384
+TINY_SASREC = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 1,
+    "max_seq_length": 8,
+}
+
+
+def _settings_from(environment: dict[str, str]) -> Settings:
+    previous = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        return Settings()
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():  # the job sets one thread too (knowledge.threads): restored after
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(services, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("knowledge")
+    tokenizer = real_tokenizer()
+    tiny = tiny_llm(tokenizer)
+    tiny.save_pretrained(folder / "tiny-llm")
+    tokenizer.save_pretrained(folder / "tiny-llm")
+    environment = {
+        **isolated_environment(services.settings, services.environment()),
+        "STREAMREC_STREAMS__SINK_FLUSH_INTERVAL_S": "0.2",
+        "STREAMREC_REGISTRY__ROOT": str(folder / "registry"),
+        "STREAMREC_KNOWLEDGE__LLM_PATH": str(folder / "tiny-llm"),
+        "STREAMREC_KNOWLEDGE__CACHE_PATH": str(folder / "cache.sqlite"),
+        "STREAMREC_KNOWLEDGE__BATCH_SIZE": "2",
+        "STREAMREC_KNOWLEDGE__JOB_WRITE_BATCH": "2",
+        "STREAMREC_KNOWLEDGE__MAX_NEW_TOKENS": "12",
+        "STREAMREC_KNOWLEDGE__JOB_POLL_TIMEOUT_MS": "500",
+        "STREAMREC_KNOWLEDGE__THREADS": "1",
+        "STREAMREC_SERVING__PORT": "0",
+    }
+    settings = _settings_from(environment)
+    migrate(settings)
+    ensure_topics(settings)
+    # The recommender in service before the new items: knowledge-aware, three items.
+    from models.sequential import build_recommender
+    from models.sequential.checkpoint import save_recommender
+
+    torch.manual_seed(0)
+    knowledge = torch.nn.functional.normalize(torch.randn(len(KNOWN_ITEMS) + 1, ENCODER_DIM), dim=1)
+    knowledge[0] = 0
+    model = build_recommender("sasrec", len(KNOWN_ITEMS) + 1, dict(TINY_SASREC), knowledge)
+    save_recommender(model, folder / "v1", np.asarray([0, *KNOWN_ITEMS], dtype=np.int64))
+    first = ModelRegistry.from_settings(settings).publish("seralm", folder / "v1", {"note": "base"})
+    return {"settings": settings, "environment": environment, "folder": folder, "first": first}
+
+
+def _knowledge_rows(settings: Settings, llm_version: str) -> dict[int, list[float]]:
+    client = connect(settings)
+    try:
+        rows = client.execute(
+            "SELECT item_id, vector FROM item_knowledge WHERE llm_version = %(llm)s",
+            {"llm": llm_version},
+        )
+    finally:
+        client.disconnect()
+    return rows
+
+
+def _request_count(settings: Settings) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamrec.services import kafka_bootstrap
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap(settings))
+    try:
+        topic = settings.kafka.knowledge_requests_topic
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
+
+
+async def _recommend(settings: Settings, request) -> recommender_pb2.RecommendResponse:
+    from serving.recommender import RecommenderServicer
+    from serving.server import RECOMMENDER, start_server
+
+    servicer = RecommenderServicer(settings)
+    server, port = await start_server(settings, {RECOMMENDER: servicer})
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+            return await stub.Recommend(request, timeout=30)
+    finally:
+        await server.stop(None)
+
+
+def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_path):
+    from models.sequential.checkpoint import load_recommender
+    from workers.knowledge_job import KnowledgeJob
+
+    settings = world["settings"]
+    worker = StreamWorker(settings, world["environment"], tmp_path / "worker.log")
+    worker.start()
+    try:
+        with ItemProducer.from_settings(settings) as producer:
+            producer.send(item_id=NEW_ITEM, title="Heat", year=1995, categories=["Crime"])
+        wait_for(lambda: _request_count(settings) >= 1, 90, "the knowledge request", worker)
+    finally:
+        worker.stop()
+
+    job = KnowledgeJob(settings, progress=False)
+    outcome = job.run_once()
+    assert (outcome.requested, outcome.ok, outcome.failed) == (1, 1, 0)
+
+    rows = _knowledge_rows(settings, job.llm.version)
+    assert [item for item, _ in rows] == [NEW_ITEM]
+    vector = np.asarray(rows[0][1], dtype=np.float32)
+    assert vector.shape == (ENCODER_DIM,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+
+    (run,) = list_runs(settings, kind="knowledge", limit=1)
+    assert (run.status, run.items_ok, run.llm_version) == ("succeeded", 1, job.llm.version)
+
+    # A new seralm version holds the item, its knowledge, and scores it.
+    assert outcome.published is not None
+    version = ModelRegistry.from_settings(settings).latest("seralm")
+    assert version.version == outcome.published
+    assert version.metadata["parent"] == world["first"].version
+    assert version.metadata["llm_version"] == job.llm.version
+    loaded = load_recommender(version.path)
+    assert loaded.item_ids.tolist() == [0, *KNOWN_ITEMS, NEW_ITEM]
+    np.testing.assert_allclose(np.load(version.path / "knowledge.npy")[-1], vector, atol=1e-6)
+    scores = loaded.model.full_scores(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
+    assert torch.isfinite(scores[0, -1])
+
+    # The server loads that version and recommends the item, which no one has interacted with.
+    reply = asyncio.run(
+        _recommend(settings, recommender_pb2.RecommendRequest(history=KNOWN_ITEMS, k=4))
+    )
+    assert reply.model_version == version.version
+    assert [item.item_id for item in reply.items] == [NEW_ITEM]  # the others are history
+    assert np.isfinite(reply.items[0].score)
+
+    # Nothing is missing any more: a second run does nothing and publishes nothing.
+    again = job.run_once()
+    assert (again.requested, again.ok, again.published) == (0, 0, None)
+
+
+def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_path):
+    from workers.knowledge_job import KnowledgeJob, load_knowledge_llm
+
+    settings = world["settings"]
+    client = connect(settings)
+    now_ms = int(time.time() * 1000)
+    client.execute(
+        "INSERT INTO items (item_id, title, year, categories, description, attribute_keys, "
+        "attribute_values, deleted, updated_ms) VALUES",
+        [(item, f"Film {item}", 1990, ["Drama"], "", [], [], 0, now_ms) for item in BACKFILL],
+    )
+    client.disconnect()
+    llm_version = load_knowledge_llm(settings).version
+
+    def written() -> int:
+        return len([item for item, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL])
+
+    log = open(tmp_path / "job.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "worker", "knowledge", "--once"],
+        env={**os.environ, **world["environment"]},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while written() < 4 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # An insert the process had sent before it died may still land: wait until none does.
+    before, previous = written(), -1
+    while before != previous:
+        time.sleep(1.0)
+        before, previous = written(), before
+    assert 4 <= before < len(BACKFILL)
+    killed = list_runs(settings, kind="knowledge", limit=1)[0]
+    assert killed.status == "running"  # it never wrote its end (lost, after the heartbeat)
+
+    outcome = KnowledgeJob(settings, progress=False).run_once()
+    assert (outcome.ok, outcome.failed) == (len(BACKFILL) - before, 0)
+    rows = [item for item, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
+    assert sorted(rows) == BACKFILL  # every item, each exactly once
+    published = ModelRegistry.from_settings(settings).get("seralm", outcome.published)
+    ids = np.load(published.path / "item_ids.npy").tolist()
+    assert set(BACKFILL) <= set(ids) and len(ids) == len(set(ids))

@@ -1,0 +1,287 @@
+"""The online trainer on the real Kafka, ClickHouse and registry, with a tiny SASRec.
+
+The stream is synthetic but learnable: every user walks the catalog in order
+(item k is followed by item k+1), so a model warm-started on that pattern
+ranks the next item first, a sane update keeps doing so, and a wild one
+(a huge learning rate) forgets it and must not be published.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from kafka import KafkaProducer
+
+from streamrec.db import connect, migrate
+from streamrec.jobs import FAILED, SUCCEEDED, list_runs
+from streamrec.v1 import events_pb2
+from streams.topics import ensure_topics
+
+CATALOG = [1000 + k for k in range(1, 31)]  # external item ids
+NEW_ITEMS = [2001, 2002]  # arrive only with the stream
+HISTORY = 5
+EXAMPLES_PER_MESSAGE = 20
+TINY_SASREC = {
+    "hidden_size": 16,
+    "n_layers": 1,
+    "n_heads": 1,
+    "inner_size": 32,
+    "max_seq_length": HISTORY,
+    "dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "knowledge_dropout": 0.0,
+}
+
+
+def walk(start: int, length: int, items: list[int]) -> list[int]:
+    return [items[(start + step) % len(items)] for step in range(length)]
+
+
+def examples_message(rng: np.random.Generator, items: list[int]) -> bytes:
+    batch = events_pb2.TrainingExampleBatch()
+    for _ in range(EXAMPLES_PER_MESSAGE):
+        sequence = walk(int(rng.integers(len(items))), HISTORY + 1, items)
+        batch.examples.add(
+            event_id=uuid.uuid4().hex,
+            user_id=int(rng.integers(1, 500)),
+            history=sequence[:-1],
+            target_item_id=sequence[-1],
+            timestamp_ms=1_790_000_000_000,
+        )
+    return batch.SerializeToString()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread is several times faster."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def offline_folder(tmp_path_factory):
+    """A tiny SASRec trained offline on the walk (once for the module)."""
+    from models.sequential import build_recommender
+    from models.sequential.checkpoint import save_recommender
+
+    torch.manual_seed(0)
+    model = build_recommender("sasrec", n_items=len(CATALOG) + 1, config=TINY_SASREC)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    starts = torch.arange(len(CATALOG)).repeat(4)
+    index = torch.arange(HISTORY + 1)
+    sequences = (starts.unsqueeze(1) + index) % len(CATALOG) + 1  # item indices 1..30
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = model.loss(sequences[:, :-1], torch.full((len(starts),), HISTORY), sequences[:, -1])
+        loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("offline")
+    save_recommender(model, folder, np.array([0, *CATALOG], dtype=np.int64))
+    return folder
+
+
+@pytest.fixture
+def trainer_settings(services, tmp_path, offline_folder):
+    from streamrec.registry import ModelRegistry
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = services.settings.model_copy(deep=True)
+    settings.data_dir = tmp_path / "data"
+    settings.clickhouse.database = f"trainer_{suffix}"
+    settings.kafka.training_examples_topic = f"training-examples-{suffix}"
+    settings.kafka.model_updates_topic = f"model-updates-{suffix}"
+    settings.kafka.partitions = 2
+    workers = settings.workers
+    workers.trainer_group = f"trainer-{suffix}"
+    workers.device = "cpu"
+    workers.trainer_batch_size = 16
+    workers.trainer_learning_rate = 1e-3
+    workers.trainer_holdout_fraction = 0.3
+    workers.trainer_min_holdout = 10
+    workers.trainer_publish_every_steps = 4
+    workers.trainer_publish_every_s = 60
+    workers.trainer_regression_tolerance = 0.02
+    workers.trainer_max_history = HISTORY
+    workers.trainer_poll_timeout_ms = 200
+    migrate(settings)
+    ensure_topics(settings)
+    registry = ModelRegistry.from_settings(settings)
+    first = registry.publish("seralm", offline_folder, {"metrics": {"offline": True}})
+    return settings, first
+
+
+def produce(settings, messages: int, items: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    for number in range(messages):
+        producer.send(
+            settings.kafka.training_examples_topic,
+            examples_message(rng, items),
+            partition=number % 2,
+        )
+    producer.flush()
+    producer.close()
+
+
+def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(trainer_settings):
+    from streamrec.registry import ModelRegistry
+    from workers.trainer import OnlineTrainer
+
+    settings, first = trainer_settings
+    produce(settings, 10, CATALOG + NEW_ITEMS, seed=1)
+    trainer = OnlineTrainer(settings)
+    try:
+        [decision] = trainer.run(max_cycles=1)
+    finally:
+        trainer.close()
+    assert decision.published, decision.metrics
+    latest = ModelRegistry.from_settings(settings).latest("seralm")
+    assert latest.version == decision.version != first.version
+    assert latest.metadata["parent"] == first.version
+    metrics = latest.metadata["metrics"]
+    assert metrics["heldout_examples"] >= settings.workers.trainer_min_holdout
+    assert metrics["heldout_ndcg@10"] >= metrics["parent_heldout_ndcg@10"] - 0.02
+    assert metrics["examples_trained"] > 0 and metrics["examples_per_s"] > 0
+    offsets = latest.metadata["kafka_offsets"][settings.kafka.training_examples_topic]
+    assert {int(p): o for p, o in offsets.items()} == trainer.absorbed
+    assert 0 < sum(offsets.values()) <= 10
+    item_ids = np.load(latest.path / "item_ids.npy")
+    assert set(NEW_ITEMS) <= set(item_ids.tolist())  # the tables grew for the new items
+    [run] = list_runs(settings, kind="trainer")
+    assert run.status == SUCCEEDED and run.items_ok == metrics["examples_trained"]
+
+
+def test_an_update_that_regresses_is_not_published(trainer_settings):
+    from streamrec.registry import ModelRegistry
+    from workers.trainer import OnlineTrainer
+
+    settings, first = trainer_settings
+    settings.workers.trainer_learning_rate = 3.0  # wrecks the embeddings
+    produce(settings, 8, CATALOG, seed=2)
+    trainer = OnlineTrainer(settings)
+    try:
+        [decision] = trainer.run(max_cycles=1)
+    finally:
+        trainer.close()
+    assert not decision.published
+    assert decision.metrics["heldout_ndcg@10"] < decision.metrics["parent_heldout_ndcg@10"] - 0.02
+    assert ModelRegistry.from_settings(settings).latest("seralm").version == first.version
+    [run] = list_runs(settings, kind="trainer")
+    assert run.status == FAILED and "candidate rejected" in run.error
+
+
+def test_a_restarted_trainer_resumes_from_the_offsets_of_its_last_version(trainer_settings):
+    from streamrec.registry import ModelRegistry
+    from workers.trainer import CycleStats, OnlineTrainer
+
+    settings, _ = trainer_settings
+    produce(settings, 6, CATALOG, seed=3)
+    first_run = OnlineTrainer(settings)
+    [decision] = first_run.run(max_cycles=1)
+    assert decision.published
+    published = ModelRegistry.from_settings(settings).latest("seralm")
+    saved = published.metadata["kafka_offsets"][settings.kafka.training_examples_topic]
+    published_at = sum(saved.values())  # messages absorbed when the version was published
+    assert 0 < published_at <= 6
+    # Consumed after the publish, never published: a restart must train on these again.
+    produce(settings, 4, CATALOG, seed=4)
+    first_run.config.trainer_publish_every_steps = 10_000
+    deadline = time.monotonic() + 120  # fail, not hang, if the broker never delivers them
+    first_run.run(
+        max_cycles=1,
+        stop=lambda: sum(first_run.absorbed.values()) >= 10 or time.monotonic() > deadline,
+    )
+    first_run.close()
+    assert sum(first_run.absorbed.values()) == 10, first_run.absorbed
+
+    restarted = OnlineTrainer(settings)
+    restarted.load_latest(wait=False)
+    assert restarted.version.version == published.version
+    restarted.connect()
+    stats = CycleStats()
+    consumed = 0
+    deadline = time.monotonic() + 30
+    while consumed < 10 - published_at and time.monotonic() < deadline:
+        for messages in restarted.consumer.poll(timeout_ms=1000).values():
+            for message in messages:
+                restarted.absorb(events_pb2.TrainingExampleBatch.FromString(message.value), stats)
+                consumed += 1
+    # Exactly the messages after the saved offsets, including those the first trainer
+    # trained on after its publish...
+    assert consumed == 10 - published_at
+    assert not restarted.consumer.poll(timeout_ms=1000)  # ...and nothing else
+    examples = stats.held_out + len(restarted.pending) + stats.skipped
+    assert examples == consumed * EXAMPLES_PER_MESSAGE
+    restarted.close()
+    client = connect(settings)
+    assert client.execute("SELECT count() FROM job_runs FINAL WHERE kind = 'trainer'")[0][0] == 2
+    client.disconnect()
+
+
+def test_a_version_published_meanwhile_by_another_job_is_continued_not_overwritten(
+    trainer_settings, offline_folder
+):
+    from streamrec.registry import ModelRegistry
+    from workers.trainer import OnlineTrainer
+
+    settings, first = trainer_settings
+    produce(settings, 10, CATALOG + NEW_ITEMS, seed=5)
+    trainer = OnlineTrainer(settings)
+    trainer.load_latest(wait=False)
+    registry = ModelRegistry.from_settings(settings)
+    other = registry.publish("seralm", offline_folder, {"source": "knowledge-job"})
+    try:
+        [decision] = trainer.run(max_cycles=1)
+    finally:
+        trainer.close()
+    assert decision.rebased_on == other.version and not decision.published
+    assert registry.latest("seralm").version == other.version
+    assert trainer.version.version == other.version
+    # The items only the trainer had seen are grown on the new version; buffers re-indexed.
+    assert set(NEW_ITEMS) <= set(trainer.index_of)
+    assert all(0 < e.target < len(trainer.item_ids) for e in [*trainer.replay, *trainer.holdout])
+    [run] = list_runs(settings, kind="trainer")
+    assert run.status == SUCCEEDED
+
+
+def test_worker_trainer_command_runs_a_cycle_and_says_what_it_published(trainer_settings):
+    import os
+    import subprocess
+    import sys
+
+    settings, first = trainer_settings
+    produce(settings, 10, CATALOG, seed=6)
+    workers = settings.workers
+    environment = {
+        "STREAMREC_DATA_DIR": str(settings.data_dir),
+        "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "STREAMREC_KAFKA__TRAINING_EXAMPLES_TOPIC": settings.kafka.training_examples_topic,
+        "STREAMREC_KAFKA__MODEL_UPDATES_TOPIC": settings.kafka.model_updates_topic,
+        "STREAMREC_CLICKHOUSE__HOST": settings.clickhouse.host,
+        "STREAMREC_CLICKHOUSE__PORT": str(settings.clickhouse.port),
+        "STREAMREC_CLICKHOUSE__DATABASE": settings.clickhouse.database,
+        "STREAMREC_OPS__WORKER_METRICS_PORT": "0",
+        **{
+            f"STREAMREC_WORKERS__{name.upper()}": str(getattr(workers, name))
+            for name in (
+                "trainer_group", "device", "trainer_batch_size", "trainer_holdout_fraction",
+                "trainer_min_holdout", "trainer_publish_every_steps", "trainer_max_history",
+            )
+        },
+    }  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "worker", "trainer", "--cycles", "1"],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cycle: published v000002" in result.stderr
+    assert '"heldout_ndcg@10"' in result.stderr

@@ -1,0 +1,140 @@
+"""Shared checks of the sequential recommender tests: a tiny synthetic catalog whose
+next item is fixed by the previous one (a random permutation), trained with the
+causal all-positions objective, and the contract's edge cases."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from models.metrics import ranks_from_scores
+from models.sequential import build_recommender
+
+N_ITEMS = 31  # padding + 30 real items
+LENGTH = 8
+KNOWLEDGE_DIM = 12
+
+
+def successor_table(seed: int = 0) -> torch.Tensor:
+    """next_item[i] for real items 1..N_ITEMS-1 (index 0 unused): one cycle through all."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(N_ITEMS - 1, generator=generator) + 1
+    successor = torch.zeros(N_ITEMS, dtype=torch.long)
+    successor[order] = order.roll(-1)
+    return successor
+
+
+def walks(successor: torch.Tensor, count: int, length: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    current = torch.randint(1, N_ITEMS, (count,), generator=generator)
+    steps = [current]
+    for _ in range(length - 1):
+        current = successor[current]
+        steps.append(current)
+    return torch.stack(steps, dim=1)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models train faster on one thread than on cores shared with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_on_walks(model, steps: int = 60, lr: float = 0.01) -> None:
+    successor = successor_table()
+    sequences = walks(successor, 64, LENGTH + 1, seed=1)
+    inputs, targets = sequences[:, :-1], sequences[:, 1:]
+    lengths = torch.full((len(sequences),), LENGTH)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    with one_thread():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model.loss(inputs, lengths, targets).backward()
+            optimizer.step()
+    model.eval()
+
+
+def hit_rate_at_1(model) -> float:
+    """HR@1 on fresh walks of every length 1..LENGTH (shorter ones right-padded)."""
+    successor = successor_table()
+    sequences = walks(successor, 200, LENGTH, seed=2)
+    lengths = torch.randint(1, LENGTH + 1, (200,), generator=torch.Generator().manual_seed(3))
+    padded = sequences * (torch.arange(LENGTH) < lengths.unsqueeze(1))
+    last = sequences[torch.arange(200), lengths - 1]
+    with torch.no_grad():
+        scores = model.full_scores(padded, lengths)
+    return float((ranks_from_scores(scores, successor[last]) == 1).float().mean())
+
+
+def knowledge(count: int = N_ITEMS, seed: int = 4) -> torch.Tensor:
+    vectors = torch.randn(count, KNOWLEDGE_DIM, generator=torch.Generator().manual_seed(seed))
+    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    vectors[0] = 0.0
+    return vectors
+
+
+def check_learns_successor(name: str, config: dict, with_knowledge: bool = False, **train):
+    torch.manual_seed(0)
+    table = knowledge() if with_knowledge else None
+    model = build_recommender(name, N_ITEMS, config, knowledge=table)
+    train_on_walks(model, **train)
+    hr = hit_rate_at_1(model)
+    assert hr >= 0.9, f"{name} HR@1 {hr:.3f} on the successor walks"
+
+
+def check_padded_history_scores_finite(name: str, config: dict):
+    torch.manual_seed(0)
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge()).eval()
+    item_seq = torch.zeros(3, LENGTH, dtype=torch.long)
+    item_seq[0, :1] = torch.tensor([5])
+    item_seq[1, :3] = torch.tensor([7, 8, 9])
+    lengths = torch.tensor([1, 3, 0])  # the last: nothing at all, every position masked
+    with torch.no_grad():
+        scores = model.full_scores(item_seq, lengths)
+        users = model.user_representation(item_seq, lengths)
+        items = model.item_representations()
+    assert scores.shape == (3, N_ITEMS)
+    assert torch.isfinite(scores[:, 1:]).all()
+    assert scores[:, 0].eq(float("-inf")).all()  # padding is never recommended
+    # Scores are dot products of the two representations (what serving indexes).
+    torch.testing.assert_close(scores[:, 1:], (users @ items.T)[:, 1:])
+    # Padding after the history changes nothing: a wider window scores the same.
+    wide = torch.cat([item_seq, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    if wide.shape[1] <= model.config.max_seq_length:
+        with torch.no_grad():
+            torch.testing.assert_close(model.full_scores(wide, lengths)[:2], scores[:2])
+
+
+def check_knowledge_only_item(name: str, config: dict):
+    torch.manual_seed(0)
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge())
+    train_on_walks(model, steps=20)
+    new = knowledge(2, seed=9)
+    model.extend_items(2, new)
+    assert model.n_items == N_ITEMS + 2
+    history = torch.tensor([[3, 4, 0, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        scores = model.full_scores(history, torch.tensor([2]))
+        items = model.item_representations()
+    assert scores.shape == (1, N_ITEMS + 2)
+    assert torch.isfinite(scores[0, 1:]).all()
+    # The new items' vectors come from their knowledge: distinct and non-zero.
+    assert items[N_ITEMS:].norm(dim=1).gt(0).all()
+    assert not torch.allclose(items[N_ITEMS], items[N_ITEMS + 1])
+    # The grown model still trains (new rows are parameters, not frozen copies).
+    model.train()
+    loss = model.loss(
+        torch.tensor([[N_ITEMS, 0, 0, 0, 0, 0, 0, 0]]),
+        torch.tensor([1]),
+        torch.tensor([N_ITEMS + 1]),
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.fusion.item_embedding.weight.grad[N_ITEMS].abs().sum() > 0

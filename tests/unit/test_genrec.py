@@ -1,0 +1,245 @@
+"""GenRec: tokens and ID embeddings, the item trie, constrained beam search, learning a toy."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from models.genrec import DigitTokenizer, GenRec, GenRecConfig, load_genrec, save_genrec
+from models.genrec.tokenization import PretrainedTokenizer
+from streamrec.datasets.splits import leave_one_out
+from streamrec.settings import GenRecSettings
+from workers.genrec_training import (
+    Example,
+    evaluate,
+    next_item_examples,
+    pretraining_examples,
+    train_phase,
+    training_sequences,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on cores shared with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+N_ITEMS = 31  # rows: padding + items 1..30, written with two digits
+N_USERS = 9
+
+
+def tiny_model(seed: int = 0, max_history: int = 6) -> GenRec:
+    torch.manual_seed(seed)
+    config = GenRecConfig(
+        n_items=N_ITEMS,
+        n_users=N_USERS,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        attention_heads=2,
+        ffn_dim=64,
+        dropout=0.0,
+        init_std=0.2,
+        max_history=max_history,
+    )
+    return GenRec(config, DigitTokenizer(N_USERS, N_ITEMS))
+
+
+def test_digit_tokens_are_fixed_width_and_distinct():
+    tokenizer = DigitTokenizer(N_USERS, N_ITEMS)
+    written = {tuple(tokenizer.item_tokens(i)) for i in range(1, N_ITEMS)}
+    assert len(written) == N_ITEMS - 1
+    assert {len(tokens) for tokens in written} == {2}
+    assert tokenizer.item_tokens(7) == [tokenizer.vocab["item_0"], tokenizer.vocab["7"]]
+    assert tokenizer.user_tokens(3) == [tokenizer.vocab["user_3"]]
+
+
+def test_trie_admits_exactly_the_catalog_item_sequences():
+    model = tiny_model()
+    eos = model.tokenizer.eos_id
+    expected = {(*model.item_tokens(i), eos): i for i in range(1, N_ITEMS)}
+    admitted = dict(model.trie.sequences())
+    assert admitted == expected
+    # An ID past the catalog (31) and a half-written item are not items.
+    tokenizer = model.tokenizer
+    assert model.trie.item_of((*tokenizer._write("item", 31, 2), eos)) is None
+    assert model.trie.item_of(tuple(model.item_tokens(5))) is None
+    assert model.trie.allowed((tokenizer.vocab["item_4"],)) == []
+    assert model.trie.allowed(tuple(model.item_tokens(5))) == [eos]
+
+
+def test_trie_closes_banned_items_and_their_exhausted_prefixes():
+    model = tiny_model()
+    vocab = model.tokenizer.vocab
+    banned = model.trie.banned_counts(range(1, 10))  # item_01..item_09: all of item_0's
+    assert vocab["item_0"] not in model.trie.allowed((), banned)
+    assert vocab["item_1"] in model.trie.allowed((), banned)
+    some_banned = model.trie.banned_counts([11, 12])
+    allowed = model.trie.allowed((vocab["item_1"],), some_banned)
+    assert vocab["1"] not in allowed and vocab["2"] not in allowed and vocab["3"] in allowed
+
+
+def test_every_sub_token_of_an_id_gets_that_ids_embedding():
+    model = tiny_model()
+    batch = model.encode([4, 0], [[12, 7, 30], [5]])
+    added = model.input_embeddings(batch) - model.bart.get_input_embeddings()(batch.input_ids)
+    for row in range(2):
+        for position in range(batch.input_ids.shape[1]):
+            item, user = int(batch.item_ids[row, position]), int(batch.user_ids[row, position])
+            if item:
+                expected = model.item_embeddings.weight[item]
+            elif user:
+                expected = model.user_embeddings.weight[user]
+            else:
+                expected = torch.zeros_like(added[row, position])
+            torch.testing.assert_close(added[row, position], expected)
+    # Item 12's two sub-tokens and user 4's one sub-token, tagged with their IDs.
+    assert batch.item_ids[0].tolist().count(12) == 2
+    assert batch.user_ids[0].tolist().count(4) == 1
+    assert batch.user_ids[1].tolist().count(0) == batch.input_ids.shape[1]  # unknown user
+    # Tables are separate: user 4 and item 4 are different rows.
+    assert not torch.equal(model.user_embeddings.weight[4], model.item_embeddings.weight[4])
+
+
+def test_beam_search_returns_distinct_catalog_items_outside_the_history():
+    model = tiny_model().eval()
+    batch = model.encode([1, 2], [[3, 4, 5], [6]])
+    results = model.generate(batch, k=10, beam_size=12, banned=[{3, 4, 5}, {6}])
+    for result, history in zip(results, ([3, 4, 5], [6]), strict=True):
+        assert len(result.items) == 10 == len(set(result.items))
+        assert all(0 < item < N_ITEMS for item in result.items)
+        assert not set(result.items) & set(history)
+        assert result.scores == sorted(result.scores, reverse=True)
+    with pytest.raises(ValueError, match="beam size"):
+        model.generate(batch, k=13, beam_size=12)
+
+
+def test_pretraining_never_sees_the_valid_and_test_items():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, 5), 8)
+    items = np.concatenate([rng.permutation(np.arange(1, 20))[:8] for _ in range(4)])
+    time_key = np.tile(np.arange(8, dtype=np.float32), 4)
+    splits = leave_one_out(users, items, time_key, max_seq_length=50)
+    sequences = training_sequences(splits["train"])
+    held_out = {
+        int(u): {int(t)} for u, t in zip(splits["test"].users, splits["test"].targets, strict=True)
+    }
+    for u, t in zip(splits["valid"].users, splits["valid"].targets, strict=True):
+        held_out[int(u)].add(int(t))
+    for user, sequence in sequences.items():
+        assert sequence == items[users == user][:6].tolist()
+    examples = pretraining_examples(sequences, 30, max_history=4, rng=random.Random(0))
+    assert len(examples) == 4 * 30
+    for example in examples:
+        assert len(example.history) == 4
+        assert example.history[example.mask_at] == example.target
+        assert not set(example.history) & held_out[example.user]
+
+
+CYCLE = 9  # items 1..9 in a loop; the trie still offers all 30 items
+
+
+def toy_examples() -> list[Example]:
+    """A deterministic next item: after item i comes i % 9 + 1, whoever the user is."""
+    rng = random.Random(1)
+    examples = []
+    for _ in range(500):
+        first = rng.randint(1, CYCLE)
+        history = [(first - 1 + step) % CYCLE + 1 for step in range(rng.randint(1, 5))]
+        target = history[-1] % CYCLE + 1
+        examples.append(Example(rng.randint(1, N_USERS - 1), tuple(history), None, target))
+    return examples
+
+
+def test_a_deterministic_next_item_is_learned():
+    model = tiny_model(seed=3)
+    settings = GenRecSettings(
+        batch_size=32, learning_rate=3e-3, warmup_ratio=0.1, beam_size=4, eval_batch_size=100
+    )
+    examples = toy_examples()
+    train_phase(model, examples[:400], epochs=8, settings=settings, description="toy", seed=0)
+    result = evaluate(model, examples[400:], settings, k=1)
+    assert result["hr@5"] >= 0.9  # with k=1 every cut-off is HR@1
+    assert result["valid_item_rate"] == 1.0
+
+
+def test_checkpoint_round_trip_generates_the_same(tmp_path):
+    model = tiny_model().eval()
+    item_ids = np.arange(N_ITEMS, dtype=np.int64) * 10
+    user_ids = np.arange(N_USERS, dtype=np.int64) + 100
+    save_genrec(model, tmp_path / "ckpt", item_ids, user_ids, {"metrics": {"ndcg@10": 0.5}})
+    loaded = load_genrec(tmp_path / "ckpt")
+    assert loaded.extra["metrics"] == {"ndcg@10": 0.5}
+    np.testing.assert_array_equal(loaded.item_ids, item_ids)
+    np.testing.assert_array_equal(loaded.user_ids, user_ids)
+    batch = model.encode([1], [[2, 3]])
+    assert loaded.model.generate(batch, 5, 5) == model.generate(batch, 5, 5)
+
+
+def test_next_item_examples_keep_the_last_items():
+    splits = leave_one_out(
+        np.ones(9, dtype=np.int64),
+        np.arange(1, 10),
+        np.arange(9, dtype=np.float32),
+        max_seq_length=50,
+    )
+    (test,) = next_item_examples(splits["test"], max_history=3)
+    assert test.history == (6, 7, 8) and test.target == 9 and test.mask_at is None
+
+
+def _tiny_bart_checkpoint(folder):
+    """A BART checkpoint folder with its own (BPE) tokenizer, as a user would bring one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [f"user_{u} " + " ".join(f"item_{i}" for i in range(1, N_ITEMS)) for u in range(9)]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=120, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    tokenizer.save_pretrained(folder)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    BartForConditionalGeneration(config).save_pretrained(folder)
+
+
+def test_a_bart_checkpoint_by_path_brings_its_tokenizer(tmp_path):
+    _tiny_bart_checkpoint(tmp_path / "bart")
+    settings = GenRecSettings(bart_path=str(tmp_path / "bart"), max_history=5)
+    model = GenRec.from_settings(settings, N_ITEMS, N_USERS).eval()
+    assert isinstance(model.tokenizer, PretrainedTokenizer)
+    assert model.bart.config.d_model == 16 == model.item_embeddings.weight.shape[1]
+    assert len(model.trie) == N_ITEMS - 1  # every item spelled differently by the BPE
+    batch = model.encode([2], [[3, 4, 5]])
+    (found,) = model.generate(batch, k=6, beam_size=6)
+    assert len(set(found.items)) == 6 and all(0 < i < N_ITEMS for i in found.items)
+    zero = np.zeros(1, dtype=np.int64)
+    save_genrec(model, tmp_path / "ckpt", np.r_[zero, np.arange(1, N_ITEMS)], np.arange(N_USERS))
+    loaded = load_genrec(tmp_path / "ckpt").model
+    assert loaded.generate(batch, k=6, beam_size=6) == [found]

@@ -1,0 +1,32 @@
+"""GRU4Rec: the contract on tiny configs."""
+
+from __future__ import annotations
+
+from tests.unit.recommender_helpers import (
+    check_knowledge_only_item,
+    check_learns_successor,
+    check_padded_history_scores_finite,
+)
+
+TINY = {
+    "hidden_size": 16,
+    "max_seq_length": 8,
+    "dropout_prob": 0.0,
+    "gru_hidden_size": 32,
+}
+
+
+def test_learns_the_successor_of_each_item():
+    check_learns_successor("gru4rec", TINY)
+
+
+def test_learns_the_successor_with_knowledge():
+    check_learns_successor("gru4rec", TINY, with_knowledge=True)
+
+
+def test_padded_and_empty_histories_get_finite_scores():
+    check_padded_history_scores_finite("gru4rec", TINY)
+
+
+def test_knowledge_only_item_gets_a_finite_score():
+    check_knowledge_only_item("gru4rec", TINY)

@@ -1,0 +1,111 @@
+"""Generation with a tiny random Llama over the real SmolLM2 tokenizer (batching, padding,
+order, cache), and one short run of the real SmolLM2 (it writes parsable knowledge)."""
+
+import pytest
+import torch
+
+from models.knowledge.cache import KnowledgeCache
+from models.knowledge.generation import KnowledgeGenerator
+from models.knowledge.parsing import PARSE_OUTCOMES
+from models.knowledge.prompts import template_for
+from streamrec.assets import load_llm
+from tests.unit.knowledge_helpers import MOVIES, one_torch_thread, real_tokenizer, tiny_llm
+from workers.knowledge_job import generate_cached, parse_counts
+
+MOVIES_TEMPLATE = template_for("movies")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return real_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    return tiny_llm(tokenizer)
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tokenizer, tiny):
+    batched = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=5, max_new_tokens=8)
+    single = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=1, max_new_tokens=8)
+    prompts = [batched.prompt(item) for item in MOVIES]
+    lengths = {len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts}
+    assert len(lengths) > 1  # the batch really is padded
+    together = batched.raw_answers(prompts)
+    alone = [single.raw_answers([prompt])[0] for prompt in prompts]
+    assert together == alone
+    assert tokenizer.padding_side == real_tokenizer().padding_side  # restored
+
+
+def test_generate_keeps_the_items_order_and_reports_each_batch(tokenizer, tiny):
+    generator = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=2, max_new_tokens=4)
+    batches = []
+    texts = generator.generate(MOVIES, on_batch=batches.append)
+    assert [text.item_id for text in texts] == [item.item_id for item in MOVIES]
+    assert sorted(len(batch) for batch in batches) == [1, 2, 2]
+    for text in texts:
+        assert text.raw.startswith(MOVIES_TEMPLATE.response_prefix)
+        assert text.parse in PARSE_OUTCOMES
+    assert generator.generate([]) == []
+
+
+def test_cache_is_hit_on_a_second_run(tokenizer, tiny, tmp_path):
+    generator = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=4, max_new_tokens=4)
+    path = tmp_path / "cache.sqlite"
+    first_cache = KnowledgeCache(path, "tiny@1", MOVIES_TEMPLATE.version)
+    first = generate_cached(generator, first_cache, MOVIES[:3])
+    assert (first_cache.hits, first_cache.misses) == (0, 3)
+    first_cache.close()
+
+    second_cache = KnowledgeCache(path, "tiny@1", MOVIES_TEMPLATE.version)
+    calls = []
+    generator.raw_answers = lambda prompts: calls.append(prompts) or []
+    second = generate_cached(generator, second_cache, MOVIES[:3])
+    assert calls == [] and (second_cache.hits, second_cache.misses) == (3, 0)
+    assert second == first
+    # Another LLM version or prompt version is another key: nothing cached for it.
+    other = KnowledgeCache(path, "tiny@2", MOVIES_TEMPLATE.version)
+    assert other.get_many(MOVIES[:3]) == {}
+
+
+def test_smollm2_writes_knowledge_that_parses():
+    model, tokenizer = load_llm()
+    generator = KnowledgeGenerator(model, tokenizer, MOVIES_TEMPLATE, max_new_tokens=12)
+    (text,) = generator.generate(MOVIES[4:5])
+    # The response prefix opens the JSON, so even a cut-off answer yields a description.
+    assert parse_counts([text]) == {"json": 0, "repaired": 1, "raw": 0}
+    assert len(text.description.split()) >= 3
+
+
+def test_lora_adapter_is_merged_and_named_in_the_llm_version(tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from streamrec.settings import Settings
+    from workers.knowledge_job import load_knowledge_llm
+
+    tiny = tiny_llm(tokenizer, seed=1)  # get_peft_model changes the model it wraps
+    tiny.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    adapted = get_peft_model(tiny, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:  # B starts at zero; a trained adapter has moved it
+            torch.nn.init.normal_(parameter, std=0.5)
+    adapted.save_pretrained(tmp_path / "adapter")
+    settings = Settings(data_dir=tmp_path)
+    settings.knowledge.llm_path = str(tmp_path / "llm")
+    base = load_knowledge_llm(settings)
+    merged = load_knowledge_llm(settings, adapter=str(tmp_path / "adapter"))
+    assert merged.version.startswith(base.version + "+lora:")
+    assert not any("lora" in name for name, _ in merged.model.named_parameters())
+    q_name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(
+        dict(merged.model.named_parameters())[q_name], dict(base.model.named_parameters())[q_name]
+    )
+    with pytest.raises(FileNotFoundError, match="not a PEFT adapter folder"):
+        load_knowledge_llm(settings, adapter=str(tmp_path / "llm"))

@@ -1,0 +1,64 @@
+"""The import rules of ARCHITECTURE.md: the planes meet only through Kafka,
+ClickHouse and the model registry, and models/ stays free of the kernel."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = {"streamrec", "models", "streams", "workers", "serving"}
+
+# package -> the project packages its modules may import (itself always allowed)
+ALLOWED = {
+    "models": set(),
+    "streams": {"streamrec"},
+    "workers": {"streamrec", "models"},
+    "serving": {"streamrec", "models"},
+    "streamrec": {"models"},
+}
+# The kernel may import models only in the registry; the CLI is the composition root.
+KERNEL_MODELS_IMPORTERS = {"streamrec/registry.py"}
+COMPOSITION_ROOT = "streamrec/cli.py"
+
+
+def project_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found.update(name.split(".")[0] for name in names)
+    return found & PROJECT_PACKAGES
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_package_imports_only_what_the_layout_allows(package):
+    broken = []
+    for path in modules(package):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative == COMPOSITION_ROOT or relative.startswith("streamrec/v1/"):
+            continue
+        allowed = ALLOWED[package] | {package}
+        if package == "streamrec" and relative not in KERNEL_MODELS_IMPORTERS:
+            allowed = {package}
+        extra = project_imports(path) - allowed
+        if extra:
+            broken.append(f"{relative} imports {sorted(extra)}")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_rule_checker_sees_a_forbidden_import(tmp_path):
+    module = tmp_path / "agent.py"
+    module.write_text("import os\nfrom serving.server import build\nimport workers.trainer\n")
+    assert project_imports(module) == {"serving", "workers"}

@@ -1,0 +1,55 @@
+"""The entity trie: only catalog entities, and figure 2's intra-entity positions."""
+
+from __future__ import annotations
+
+import torch
+
+from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
+from models.recsysllm.masking import prompt_context
+from models.recsysllm.modeling_recsysllm import RecSysLLM
+from models.recsysllm.textualise import entity
+from models.recsysllm.trie import EntityTrie
+from tests.unit.recsysllm_helpers import tiny_llm, tokenizer
+
+TITLES = ["Toy Story (1995)", "Toy Soldiers (1991)", "Heat (1995)", "Fargo (1996)", "Babe (1995)"]
+
+
+def catalog(tok):
+    return [tok.encode(entity(t).text, add_special_tokens=False) for t in TITLES]
+
+
+def test_the_trie_admits_exactly_the_catalog_entities():
+    tok = tokenizer()
+    sequences = catalog(tok)
+    trie = EntityTrie(sequences)
+    assert len(trie) == len(TITLES)
+    assert all(sequence in trie for sequence in sequences)
+    assert all(sequence[:-1] not in trie for sequence in sequences)  # a prefix is not one
+    assert tok.encode(" Toy Story 2 (1999)", add_special_tokens=False) not in trie  # not listed
+    assert set(trie.next_tokens([])) == {sequence[0] for sequence in sequences}
+    assert trie.next_tokens([123456]) == []
+
+
+def test_positions_grow_within_an_entity_and_restart_otherwise():
+    trie = EntityTrie([[5, 6, 7], [5, 8], [9]])
+    assert trie.positions([1, 5, 6, 7, 2, 5, 8]) == [1, 1, 2, 3, 1, 1, 2]
+    assert trie.positions([5, 6, 7, 5, 8, 9, 9]) == [1, 2, 3, 1, 2, 1, 1]
+    assert trie.positions([5, 1, 6]) == [1, 1, 1]
+
+
+def test_constrained_beam_search_returns_only_catalog_entities():
+    tok, llm, markers = tiny_llm()
+    model = RecSysLLM(llm, RecSysLLMConfig(lora_rank=0), markers).eval()
+    sequences = catalog(tok)
+    trie = EntityTrie(sequences)
+    context, positions = prompt_context(tok, [entity("Heat (1995)")], markers[0], markers[1])
+    excluded = {tuple(sequences[2])}
+    results = model.beam_search_entities(context, positions, trie, beams=4, exclude=excluded)
+    assert len(results) == 4
+    assert all(tokens in trie for tokens, _ in results)
+    assert tuple(results[0][0]) not in excluded and all(
+        tuple(t) not in excluded for t, _ in results
+    )
+    assert len({tuple(tokens) for tokens, _ in results}) == 4
+    scores = [score for _, score in results]
+    assert scores == sorted(scores, reverse=True) and all(torch.isfinite(torch.tensor(scores)))

@@ -1,0 +1,44 @@
+"""Per-user sequences: order kept, window bounded, every event applied exactly once."""
+
+from streamrec.v1 import events_pb2
+from streams.sequences import apply_events
+
+
+def _event(n, item):
+    return events_pb2.InteractionEvent(
+        event_id=f"e{n}", user_id=7, item_id=item, event_type=1, timestamp_ms=1000 + n
+    )
+
+
+def test_events_are_appended_in_order_and_examples_carry_the_history():
+    events = [(n, _event(n, item)) for n, item in enumerate([10, 11, 12])]
+    sequence, examples = apply_events(None, events, max_length=50)
+    assert sequence["items"] == [10, 11, 12]
+    assert sequence["ts"] == [1000, 1001, 1002]
+    assert sequence["offset"] == 2
+    # The first event has no history, so no example.
+    assert [(list(e.history), e.target_item_id) for e in examples] == [([10], 11), ([10, 11], 12)]
+
+
+def test_window_keeps_the_last_n_items():
+    events = [(n, _event(n, 100 + n)) for n in range(10)]
+    sequence, examples = apply_events(None, events, max_length=4)
+    assert sequence["items"] == [106, 107, 108, 109]
+    assert list(examples[-1].history) == [105, 106, 107, 108]
+
+
+def test_redelivered_offsets_are_skipped():
+    sequence, _ = apply_events(None, [(0, _event(0, 1)), (1, _event(1, 2))], max_length=50)
+    # After a crash the same offsets come again, then a new one.
+    again, examples = apply_events(sequence, [(1, _event(1, 2)), (2, _event(2, 3))], max_length=50)
+    assert again["items"] == [1, 2, 3]
+    assert [e.target_item_id for e in examples] == [3]
+
+
+def test_the_same_event_sent_twice_is_applied_once():
+    first = _event(0, 5)
+    sequence, _ = apply_events(None, [(0, first)], max_length=50)
+    duplicate = events_pb2.InteractionEvent()
+    duplicate.CopyFrom(first)
+    again, examples = apply_events(sequence, [(1, duplicate)], max_length=50)
+    assert again["items"] == [5] and examples == []

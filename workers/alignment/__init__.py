@@ -1,0 +1,1 @@
+"""SeRALM alignment jobs: the trainer, the asynchronous generator, the ml-100k job."""

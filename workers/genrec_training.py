@@ -1,0 +1,268 @@
+"""GenRec training and evaluation on a dataset's leave-one-out splits.
+
+Two phases, both with AdamW and a linear warm-up then decay:
+
+- pretraining (masked item prediction): a window of a user's training
+  sequence with one random item replaced by the mask, the model spells that
+  item. The training sequence never holds the user's last two items (the
+  valid and test targets), so neither is ever seen;
+- fine-tuning: the mask appended after a history (the paper's figure 2),
+  the model spells the next item, over the same train examples the ID
+  recommenders learn from.
+
+Evaluation is the recommenders' protocol with the generated top-k list as
+the ranking: a target missing from the list ranks past k.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from models.genrec import GenRec
+from models.metrics import ranking_metrics
+from streamrec.datasets import Dataset, Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training row: the mask replaces `history[mask_at]`, or follows it when None."""
+
+    user: int
+    history: tuple[int, ...]
+    mask_at: int | None
+    target: int
+
+
+def training_sequences(train: Split) -> dict[int, list[int]]:
+    """Each user's items before their valid and test targets, in time order."""
+    return train.user_sequences()
+
+
+def pretraining_examples(
+    sequences: dict[int, list[int]], masks_per_user: int, max_history: int, rng: random.Random
+) -> list[Example]:
+    """Masked copies of each user's training sequence: a random window, one item masked."""
+    examples = []
+    for user, sequence in sequences.items():
+        if len(sequence) < 2:
+            continue
+        width = min(len(sequence), max_history)
+        for _ in range(masks_per_user):
+            start = rng.randrange(len(sequence) - width + 1)
+            window = tuple(sequence[start : start + width])
+            mask_at = rng.randrange(width)
+            examples.append(Example(user, window, mask_at, window[mask_at]))
+    return examples
+
+
+def next_item_examples(split: Split, max_history: int) -> list[Example]:
+    """History -> next item rows of a split, the mask appended after the last items."""
+    return [
+        Example(user, tuple(history[max(0, length - max_history) : length].tolist()), None, target)
+        for user, history, length, target in zip(
+            split.users.tolist(),
+            split.histories,
+            split.lengths.tolist(),
+            split.targets.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def train_phase(
+    model: GenRec,
+    examples: list[Example],
+    epochs: int,
+    settings,
+    description: str,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train on `examples` for `epochs` (or `settings.max_steps` steps); returns a summary."""
+    batch_size = settings.batch_size
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = steps_per_epoch * epochs
+    if settings.max_steps:
+        total = min(total, settings.max_steps)
+    if total == 0:
+        return {"steps": 0, "examples": len(examples), "loss": None}
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    warmup = int(total * settings.warmup_ratio)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    model.train()
+    step, running = 0, None
+    with tqdm(total=total, desc=description, unit="step", leave=False) as bar:
+        while step < total:
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                if step >= total:
+                    break
+                rows = [examples[i] for i in order[start : start + batch_size]]
+                batch = model.encode(
+                    [r.user for r in rows],
+                    [list(r.history) for r in rows],
+                    [r.mask_at for r in rows],
+                )
+                loss = model.loss(batch, [r.target for r in rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                value = float(loss.detach())
+                running = value if running is None else 0.95 * running + 0.05 * value
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.3f}")
+                if on_step:
+                    on_step(len(rows), value)
+    model.eval()
+    return {"steps": step, "examples": len(examples), "loss": running}
+
+
+def evaluate(
+    model: GenRec,
+    examples: list[Example],
+    settings,
+    k: int = 20,
+    exclude_seen: bool = False,
+) -> dict:
+    """Generate the top-k list per example and score the target's rank in it.
+
+    `valid_item_rate` is measured, not assumed: the share of generated items that
+    are catalog items and appear once in their list.
+    """
+    if settings.max_eval_examples:
+        examples = examples[: settings.max_eval_examples]
+    model.eval()
+    ranks = np.full(len(examples), np.inf)
+    generated = valid = 0
+    batch_size = settings.eval_batch_size
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate", leave=False):
+        rows = examples[start : start + batch_size]
+        batch = model.encode([r.user for r in rows], [list(r.history) for r in rows])
+        banned = [set(r.history) for r in rows] if exclude_seen else None
+        results = model.generate(batch, k, settings.beam_size, banned)
+        for offset, (row, result) in enumerate(zip(rows, results, strict=True)):
+            generated += len(result.items)
+            valid += len(
+                {i for i in result.items if i is not None and 0 < i < model.config.n_items}
+            )
+            if row.target in result.items:
+                ranks[start + offset] = result.items.index(row.target) + 1
+    return {
+        **ranking_metrics(ranks),
+        "valid_item_rate": valid / generated if generated else 0.0,
+        "examples": len(examples),
+    }
+
+
+def item_and_user_ids(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """External (wire) id per model index; index 0 is padding and holds 0."""
+    items = np.zeros(dataset.num_items + 1, dtype=np.int64)
+    for inner, item in dataset.items.items():
+        items[inner] = item.external_id
+    users = np.zeros(dataset.num_users + 1, dtype=np.int64)
+    for inner, user in dataset.users.items():
+        users[inner] = user.external_id
+    return items, users
+
+
+def train_genrec(
+    dataset: Dataset,
+    settings,
+    pretrain: bool = True,
+    seed: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[GenRec, dict]:
+    """A GenRec model trained on `dataset` (pretraining optional), and what was done."""
+    seed = settings.seed if seed is None else seed
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = GenRec.from_settings(settings, dataset.num_items + 1, dataset.num_users + 1)
+    model.to(_device(settings.device))
+    summary = {"seed": seed, "pretrain": pretrain}
+    if pretrain:
+        sequences = training_sequences(dataset.splits["train"])
+        examples = pretraining_examples(
+            sequences, settings.pretrain_masks_per_user, settings.max_history, rng
+        )
+        summary["pretraining"] = train_phase(
+            model, examples, settings.pretrain_epochs, settings, "pretrain", seed, on_step
+        )
+    examples = next_item_examples(dataset.splits["train"], settings.max_history)
+    summary["fine_tuning"] = train_phase(
+        model, examples, settings.finetune_epochs, settings, "fine-tune", seed + 1, on_step
+    )
+    return model, summary
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_training_job(
+    settings,
+    dataset_name: str,
+    pretrain: bool = True,
+    publish: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """`streamrec genrec train`: train, evaluate on valid and test, save, publish `genrec`."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from models.genrec import save_genrec
+    from streamrec.datasets import load_dataset
+    from streamrec.registry import ModelRegistry, announce
+
+    chosen = settings.genrec
+    dataset = load_dataset(dataset_name, settings)
+    started = time.perf_counter()
+    model, summary = train_genrec(dataset, chosen, pretrain=pretrain, on_step=on_step)
+    summary["train_seconds"] = round(time.perf_counter() - started, 1)
+    metrics = {}
+    for split in ("valid", "test"):
+        examples = next_item_examples(dataset.splits[split], chosen.max_history)
+        metrics[split] = evaluate(
+            model, examples, chosen, chosen.default_k, chosen.eval_exclude_seen
+        )
+    result = {"dataset": dataset_name, "model": "genrec", "summary": summary, "metrics": metrics}
+    if publish:
+        item_ids, user_ids = item_and_user_ids(dataset)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = save_genrec(
+                model,
+                Path(scratch) / "genrec",
+                item_ids,
+                user_ids,
+                {"dataset": dataset_name, "pretrain": pretrain},
+            )
+            version = ModelRegistry.from_settings(settings).publish(
+                chosen.family,
+                folder,
+                {"metrics": metrics["test"], "dataset": dataset_name, "pretrain": pretrain},
+            )
+        try:
+            announce(settings, version)
+        except Exception as error:  # servers poll the registry too
+            log.warning("could not announce %s/%s: %s", version.family, version.version, error)
+        result["version"] = version.version
+    return result

