@@ -46,7 +46,7 @@ class StreamWorker:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "stream", "worker"],
+            [sys.executable, "-m", "streamrec.cli", "stream", "worker", "--loglevel", "info"],
             env={**os.environ, **self.environment},
             stdout=log,
             stderr=subprocess.STDOUT,
