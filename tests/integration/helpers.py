@@ -22,7 +22,7 @@ def wait_for(check, timeout_s: float, what: str, worker=None):
         if result:
             return result
         time.sleep(0.25)
-    tail = worker.log()[-3000:] if worker else ""
+    tail = worker.log()[-8000:] if worker else ""
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
 
 
