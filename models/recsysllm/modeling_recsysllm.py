@@ -77,6 +77,24 @@ class RecSysLLM(nn.Module):
             **kwargs,
         )
 
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the labelled tokens, with vocabulary logits computed only
+        at the positions that predict one (in any row): the spans and answers sit at the
+        end of each text, so most positions of a long prompt need no 49k-wide row."""
+        targets = batch["labels"][:, 1:]
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        if len(keep) == 0:
+            raise ValueError("the batch has no labelled token")
+        logits = self(
+            batch["input_ids"],
+            batch["intra_positions"],
+            batch["attention_mask"],
+            logits_to_keep=keep,
+        ).logits
+        return nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX
+        )
+
     def _tail_logits(self, batch: dict[str, torch.Tensor], width: int) -> torch.Tensor:
         """Logits of the last `width` positions only: a full vocabulary row per
         token of a long prompt would take gigabytes for a real LLM."""

@@ -28,7 +28,7 @@ def train(
     losses = []
     for step in range(steps):
         batch = collate(rng.sample(examples, min(batch_size, len(examples))), model.span_end_id)
-        loss = model(**batch).loss
+        loss = model.loss(batch)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

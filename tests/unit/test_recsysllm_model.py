@@ -56,6 +56,15 @@ def multitask_examples(tok, markers):
     return examples
 
 
+def test_the_loss_on_labelled_positions_only_equals_the_full_causal_lm_loss():
+    tok, llm, markers = tiny_llm()
+    model = RecSysLLM.for_training(llm, RecSysLLMConfig(lora_rank=4), markers).eval()
+    torch.nn.init.normal_(model.intra_position.weight)  # positions take part in the loss
+    batch = collate(multitask_examples(tok, markers), model.span_end_id)
+    full = model(**batch).loss  # Hugging Face's loss: logits at every position
+    assert torch.allclose(model.loss(batch), full, atol=1e-5)
+
+
 def test_a_tiny_model_learns_a_small_multitask_set():
     tok, llm, markers = tiny_llm()
     torch.manual_seed(0)
