@@ -23,6 +23,7 @@ from streamrec.jobs import (
     FAILED,
     LOST,
     RUNNING,
+    STOPPED,
     SUCCEEDED,
     JobRun,
     get_run,
@@ -39,6 +40,7 @@ STATUS_TO_PROTO = {
     SUCCEEDED: ops_pb2.JOB_STATUS_SUCCEEDED,
     FAILED: ops_pb2.JOB_STATUS_FAILED,
     LOST: ops_pb2.JOB_STATUS_LOST,
+    STOPPED: ops_pb2.JOB_STATUS_STOPPED,
 }
 # ListJobs refuses larger pages: a page is meant for eyes, not for exports.
 MAX_LIST_LIMIT = 1000

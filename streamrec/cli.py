@@ -744,7 +744,13 @@ def worker_scheduler() -> None:
 def _print_runs(runs) -> None:
     from rich.table import Table
 
-    colours = {"succeeded": "green", "failed": "red", "lost": "red", "running": "yellow"}
+    colours = {
+        "succeeded": "green",
+        "failed": "red",
+        "lost": "red",
+        "running": "yellow",
+        "stopped": "blue",
+    }
     table = Table(
         "run",
         "kind",

@@ -7,9 +7,9 @@ OpsService, the status page and the alert rules all read this one table.
 The row is written when the run starts (status ``running``), rewritten by a
 heartbeat thread every `ops.heartbeat_interval_s` with the counts so far
 (so a long phase without progress is not mistaken for a dead process), and
-written a last time when it ends
-(``succeeded``, or ``failed`` with the error). ReplacingMergeTree keeps the
-newest write per run. A process killed with SIGKILL never writes its end, so a
+written a last time when it ends (``succeeded``; ``failed`` with the error;
+``stopped`` when a SIGTERM or Ctrl-C ended it, an operator's decision and not a
+failure to alert on). ReplacingMergeTree keeps the newest write per run. A process killed with SIGKILL never writes its end, so a
 ``running`` row whose heartbeat is older than `ops.lost_after_s` is reported as
 ``lost``.
 """
@@ -30,7 +30,7 @@ from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
+RUNNING, SUCCEEDED, FAILED, LOST, STOPPED = "running", "succeeded", "failed", "lost", "stopped"
 
 JOB_COLUMNS = (
     "run_id, kind, status, started_at, finished_at, items_ok, items_failed, "
@@ -150,7 +150,9 @@ class JobRecorder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._stop_heartbeat()
         self._finished = time.time()
-        if exc_type is not None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.status, self.error = STOPPED, "stopped by a signal before it finished"
+        elif exc_type is not None:
             self.status = FAILED
             self.error = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
         elif self.status == RUNNING:
@@ -169,7 +171,7 @@ class JobRecorder:
         JOB_ITEMS_PER_S.labels(self.kind).set(self.items_per_s)
         if self.status == SUCCEEDED:
             JOB_LAST_SUCCESS.labels(self.kind).set(self._finished)
-        else:
+        elif self.status == FAILED:
             JOB_FAILURES.labels(self.kind).inc()
 
     def _write(self) -> None:

@@ -14,11 +14,13 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_SUCCEEDED: _ClassVar[JobStatus]
     JOB_STATUS_FAILED: _ClassVar[JobStatus]
     JOB_STATUS_LOST: _ClassVar[JobStatus]
+    JOB_STATUS_STOPPED: _ClassVar[JobStatus]
 JOB_STATUS_UNSPECIFIED: JobStatus
 JOB_STATUS_RUNNING: JobStatus
 JOB_STATUS_SUCCEEDED: JobStatus
 JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_LOST: JobStatus
+JOB_STATUS_STOPPED: JobStatus
 
 class JobRun(_message.Message):
     __slots__ = ("run_id", "kind", "status", "started_ms", "finished_ms", "items_ok", "items_failed", "items_skipped", "items_per_s", "llm_version", "error")

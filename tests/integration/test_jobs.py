@@ -17,6 +17,7 @@ from streamrec.jobs import (
     FAILED,
     LOST,
     RUNNING,
+    STOPPED,
     SUCCEEDED,
     JobRecorder,
     get_run,
@@ -77,6 +78,21 @@ def test_a_raising_job_is_recorded_failed_with_its_error_and_the_error_propagate
     assert stored.error == "RuntimeError: LLM out of memory"
     assert stored.items_ok == 1
     assert _metric("streamrec_job_failures_total", kind="test-fail") == failures + 1
+
+
+def test_a_run_stopped_by_a_signal_is_recorded_stopped_not_failed(job_settings):
+    settings, _ = job_settings
+    failures = _metric("streamrec_job_failures_total", kind="test-stop") or 0
+    with pytest.raises(KeyboardInterrupt):
+        with JobRecorder(settings, "test-stop") as run:
+            run.progress(ok=4)
+            raise KeyboardInterrupt  # what SIGTERM becomes in the workers
+    stored = get_run(settings, run.run_id)
+    assert stored.status == STOPPED
+    assert stored.items_ok == 4
+    assert "stopped" in stored.error
+    assert (_metric("streamrec_job_failures_total", kind="test-stop") or 0) == failures
+    assert [r.run_id for r in list_runs(settings, status=FAILED)] == []
 
 
 def test_heartbeat_writes_the_counts_and_a_run_whose_heartbeat_stops_is_lost(job_settings):
