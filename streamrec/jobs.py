@@ -9,9 +9,9 @@ heartbeat thread every `ops.heartbeat_interval_s` with the counts so far
 (so a long phase without progress is not mistaken for a dead process), and
 written a last time when it ends (``succeeded``; ``failed`` with the error;
 ``stopped`` when a SIGTERM or Ctrl-C ended it, an operator's decision and not a
-failure to alert on). ReplacingMergeTree keeps the newest write per run. A process killed with SIGKILL never writes its end, so a
-``running`` row whose heartbeat is older than `ops.lost_after_s` is reported as
-``lost``.
+failure to alert on). ReplacingMergeTree keeps the newest write per run. A
+process killed with SIGKILL never writes its end, so a ``running`` row whose
+heartbeat is older than `ops.lost_after_s` is reported as ``lost``.
 """
 
 from __future__ import annotations
