@@ -222,12 +222,16 @@ def test_a_killed_worker_resumes_without_losing_or_doubling(stream_worker):
     stream_worker.start()
     # The restarted worker waits out the dead one's session, rebalances and recovers the
     # sequence table from its changelog before it goes on; a loaded CI machine is slow at it.
-    wait_for(
-        lambda: count_rows(settings, "interactions", final=True) >= 4000,
-        240,
-        "all rows",
-        stream_worker,
-    )
+    try:
+        wait_for(
+            lambda: count_rows(settings, "interactions", final=True) >= 4000,
+            240,
+            "all rows",
+            stream_worker,
+        )
+    except AssertionError as error:  # say whether rows were lost or the worker stalled
+        stored = count_rows(settings, "interactions", final=True)
+        raise AssertionError(f"{stored} of 4000 rows stored; {error}") from None
     assert count_rows(settings, "interactions", final=True) == 4000
     expected = {}
     for event in sent:
