@@ -9,11 +9,13 @@ and MLP projections, with the three marker tokens' embedding rows trainable
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from models.recsysllm.configuration_recsysllm import MARKER_TOKENS, RecSysLLMConfig
 from models.recsysllm.masking import IGNORE_INDEX, InfillingExample
@@ -95,14 +97,37 @@ class RecSysLLM(nn.Module):
             logits.float().flatten(0, 1), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX
         )
 
-    def _tail_logits(self, batch: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-        """Logits of the last `width` positions only: a full vocabulary row per
-        token of a long prompt would take gigabytes for a real LLM."""
+    def prefill(
+        self, context: list[int], context_positions: list[int]
+    ) -> tuple[DynamicCache, torch.Tensor]:
+        """The key/value cache of a prompt and its last position's logits: computed once,
+        then shared by every continuation (answers to score, beams to extend)."""
+        output = self(
+            torch.tensor([context]),
+            torch.tensor([context_positions]),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.past_key_values, output.logits[0, -1].float()
+
+    def continue_from(
+        self,
+        cache: DynamicCache,
+        input_ids: torch.Tensor,
+        intra_positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of `input_ids` (one row per continuation) read after the cached prompt;
+        the cache itself is left as it was. Padding may only follow a row's tokens."""
+        rows = input_ids.shape[0]
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(rows)
+        if attention_mask is not None:
+            prompt = torch.ones((rows, cache.get_seq_length()), dtype=attention_mask.dtype)
+            attention_mask = torch.cat([prompt, attention_mask], dim=1)
         return self(
-            batch["input_ids"],
-            batch["intra_positions"],
-            batch["attention_mask"],
-            logits_to_keep=width,
+            input_ids, intra_positions, attention_mask, past_key_values=cache, use_cache=True
         ).logits.float()
 
     @torch.no_grad()
@@ -110,17 +135,23 @@ class RecSysLLM(nn.Module):
         self, context: list[int], context_positions: list[int], answers: list[list[int]]
     ) -> torch.Tensor:
         """log p(answer, span end | context) for each answer (its token ids), batched."""
-        examples = []
-        for answer in answers:
-            ids = context + answer + [self.span_end_id]
-            positions = context_positions + list(range(1, len(answer) + 1)) + [0]
-            labels = [IGNORE_INDEX] * len(context) + answer + [self.span_end_id]
-            examples.append(InfillingExample(ids, labels, positions))
+        cache, first = self.prefill(context, context_positions)
+        examples = [
+            InfillingExample(
+                answer + [self.span_end_id],
+                answer + [self.span_end_id],
+                list(range(1, len(answer) + 1)) + [0],
+            )
+            for answer in answers
+        ]
         batch = collate(examples, pad_id=self.span_end_id)
-        # Every label lies in the last `width` positions (the context is shared).
-        width = batch["input_ids"].shape[1] - len(context) + 1
-        log_probs = torch.log_softmax(self._tail_logits(batch, width)[:, :-1], dim=-1)
-        labels = batch["labels"][:, -(width - 1) :]
+        logits = self.continue_from(
+            cache, batch["input_ids"], batch["intra_positions"], batch["attention_mask"]
+        )
+        # The first answer token is predicted by the prompt's last position.
+        predicting = torch.cat([first.expand(len(answers), 1, -1), logits[:, :-1]], dim=1)
+        log_probs = torch.log_softmax(predicting, dim=-1)
+        labels = batch["labels"]
         picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * (labels != IGNORE_INDEX)).sum(dim=1)
 
@@ -138,7 +169,8 @@ class RecSysLLM(nn.Module):
 
         Every step extends each partial entity only by tokens the trie allows, so
         every returned sequence is a catalog entity; the intra-entity position of
-        each new token is its index in the entity (1, 2, ...).
+        each new token is its index in the entity (1, 2, ...). The prompt is read
+        once; each step reads only the partial entities, all of the same length.
         """
         exclude = exclude or set()
         # Per prefix, how many excluded entities lie below it: a partial entity
@@ -153,22 +185,19 @@ class RecSysLLM(nn.Module):
             key = tuple(prefix)
             return trie.entities_under(prefix) > excluded_below.get(key, 0)
 
+        cache, first = self.prefill(context, context_positions)
         live: list[tuple[list[int], float]] = [([], 0.0)]
         done: list[tuple[list[int], float]] = []
-        for _ in range(max_tokens):
+        for length in range(max_tokens):
             if not live:
                 break
-            ids = [context + prefix for prefix, _ in live]
-            positions = [context_positions + list(range(1, len(p) + 1)) for p, _ in live]
-            batch = collate(
-                [InfillingExample(i, i, p) for i, p in zip(ids, positions, strict=True)],
-                pad_id=self.span_end_id,
-            )
-            lengths = batch["attention_mask"].sum(dim=1)
-            width = int(lengths.max() - lengths.min()) + 1
-            tail = self._tail_logits(batch, width)
-            last = lengths - 1 - (batch["input_ids"].shape[1] - width)
-            step = torch.log_softmax(tail[torch.arange(len(live)), last], dim=-1)
+            if length == 0:
+                step = torch.log_softmax(first, dim=-1).unsqueeze(0)
+            else:
+                prefixes = torch.tensor([prefix for prefix, _ in live])
+                positions = torch.arange(1, length + 1).expand(len(live), length)
+                logits = self.continue_from(cache, prefixes, positions)[:, -1]
+                step = torch.log_softmax(logits, dim=-1)
             candidates = []
             for row, (prefix, score) in enumerate(live):
                 if trie.is_entity(prefix) and tuple(prefix) not in exclude:

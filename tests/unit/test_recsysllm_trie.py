@@ -53,3 +53,35 @@ def test_constrained_beam_search_returns_only_catalog_entities():
     assert len({tuple(tokens) for tokens, _ in results}) == 4
     scores = [score for _, score in results]
     assert scores == sorted(scores, reverse=True) and all(torch.isfinite(torch.tensor(scores)))
+
+
+def _full_pass_score(model, context, positions, answer) -> float:
+    """log p(answer, span end | context) from one uncached forward pass over everything."""
+    ids = context + answer + [model.span_end_id]
+    intra = positions + list(range(1, len(answer) + 1)) + [0]
+    logits = model(torch.tensor([ids]), torch.tensor([intra])).logits[0].float()
+    log_probs = torch.log_softmax(logits[len(context) - 1 : -1], dim=-1)
+    targets = torch.tensor(answer + [model.span_end_id])
+    return float(log_probs.gather(-1, targets.unsqueeze(-1)).sum())
+
+
+def test_cached_scoring_and_exhaustive_beam_search_match_full_forward_passes():
+    tok, llm, markers = tiny_llm(seed=3)
+    model = RecSysLLM(llm, RecSysLLMConfig(lora_rank=0), markers).eval()
+    torch.nn.init.normal_(model.intra_position.weight)  # the positions must line up too
+    sequences = catalog(tok)
+    context, positions = prompt_context(tok, [entity("Heat (1995)")], markers[0], markers[1])
+    with torch.no_grad():
+        expected = [_full_pass_score(model, context, positions, s) for s in sequences]
+        # Answers of different lengths in one padded batch.
+        scores = model.sequence_scores(context, positions, sequences)
+        assert torch.allclose(scores, torch.tensor(expected), atol=1e-4)
+        # As many beams as entities: the search is exhaustive, so it must return every
+        # entity with its full-pass score, best first.
+        found = model.beam_search_entities(
+            context, positions, EntityTrie(sequences), beams=len(sequences)
+        )
+    by_entity = {tuple(tokens): score for tokens, score in found}
+    assert set(by_entity) == {tuple(s) for s in sequences}
+    for sequence, score in zip(sequences, expected, strict=True):
+        assert abs(by_entity[tuple(sequence)] - score) < 1e-4
