@@ -443,20 +443,24 @@ def test_compose_grafana_provisions_prometheus_and_the_dashboards():
     assert path in mounts and mounts[path] == "./monitoring"
 
 
-def docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+def docker_compose_command() -> list[str] | None:
+    """`docker compose` (the CLI plugin), else the standalone `docker-compose` v2 binary
+    that `./run test` builds; None when neither is here."""
+    if shutil.which("docker") is not None:
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone else None
 
 
 @pytest.mark.skipif(
-    not docker_compose_available(), reason="no docker CLI with the compose plugin on this machine"
+    docker_compose_command() is None, reason="neither docker compose nor docker-compose is here"
 )
 def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(
         [
-            "docker",
-            "compose",
+            *docker_compose_command(),
             "-f",
             str(COMPOSE),
             "--profile",
