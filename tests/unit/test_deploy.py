@@ -3,8 +3,8 @@
 Every compose, Kubernetes, Prometheus and Grafana file parses; every image,
 port, environment variable, secret and command that a manifest names is one
 the code reads (the settings tree, the typer app, the wire API), so settings
-and manifests cannot drift apart; `docker compose config` and `kubectl
-kustomize` validate the files where those clients are installed; the
+and manifests cannot drift apart; docker compose and kustomize validate the
+files (`./run test` builds both, and grpcurl, with `go install`); the
 README's commands resolve against the CLI and the gRPC services.
 """
 
