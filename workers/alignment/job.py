@@ -248,12 +248,17 @@ def regenerate_knowledge(
     max_new_tokens: int,
 ) -> torch.Tensor:
     """`table` with the rows of `items` (inner ids) rewritten by the (aligned) LLM, greedily,
-    as the knowledge job writes them."""
+    as the knowledge job writes them. The whole catalog takes a while: a bar shows it."""
+    from tqdm import tqdm
+
     from models.knowledge.generation import KnowledgeGenerator
 
     generator = KnowledgeGenerator(policy, tokenizer, template, batch_size, max_new_tokens)
     policy.eval()
-    texts = generator.generate([infos[item] for item in items])
+    with tqdm(total=len(items), desc="aligned knowledge", unit="item") as bar:
+        texts = generator.generate(
+            [infos[item] for item in items], on_batch=lambda done: bar.update(len(done))
+        )
     vectors = torch.as_tensor(encode([knowledge.text for knowledge in texts]))
     table = table.clone()
     table[torch.as_tensor(items)] = vectors.to(table.dtype)
