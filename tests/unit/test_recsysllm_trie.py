@@ -81,6 +81,8 @@ def test_cached_scoring_and_exhaustive_beam_search_match_full_forward_passes():
         found = model.beam_search_entities(
             context, positions, EntityTrie(sequences), beams=len(sequences)
         )
+    best_first = torch.tensor(sorted(expected, reverse=True))
+    assert torch.allclose(torch.tensor([score for _, score in found]), best_first, atol=1e-4)
     by_entity = {tuple(tokens): score for tokens, score in found}
     assert set(by_entity) == {tuple(s) for s in sequences}
     for sequence, score in zip(sequences, expected, strict=True):
