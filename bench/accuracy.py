@@ -2,15 +2,19 @@
 
     python bench/accuracy.py --json OUT [--dataset ml-100k] [--knowledge DIR]
         [--models sasrec lightsans caser gru4rec] [--seeds 2020 2021 2022]
-        [--fractions 0.1 0.3] [--max-epochs N] [--max-seconds S]
+        [--variants base na_llm facts_only llm_text_only] [--fractions 0.1 0.3]
+        [--max-epochs N] [--max-seconds S]
 
 Rows in the project's evaluation format:
 
 - `pop`: most popular training items, the user's earlier items masked (the floor);
 - `base`: the ID model; `na_llm`: the ID model + knowledge from the not-aligned LLM
-  (the folder `streamrec knowledge generate` writes);
-- `base@F`, `na_llm@F`: SASRec trained on a share F of the users' training sequences
-  (the low-resource setting), evaluated on every user.
+  (the folder `streamrec knowledge generate` writes: each vector encodes the item's
+  facts, then the LLM's knowledge);
+- `facts_only`, `llm_text_only` (with `--variants`): the two halves of that document
+  encoded alone, to tell what the LLM adds;
+- `base@F`, `na_llm@F`, ...: SASRec trained on a share F of the users' training
+  sequences (the low-resource setting), evaluated on every user.
 
 Caps (`--max-epochs`, `--max-seconds`, fewer seeds) are written into each row's `note`.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.knowledge.prompts import template_for
 from models.metrics import ranking_metrics, ranks_from_scores
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
@@ -40,6 +45,7 @@ from workers.recommender_training import (
 log = logging.getLogger("bench.accuracy")
 
 LOW_RESOURCE_MODEL = "sasrec"
+KNOWLEDGE_VARIANTS = ("na_llm", "facts_only", "llm_text_only")
 
 
 def popularity_row(data: ProtocolData) -> dict:
@@ -62,22 +68,35 @@ def popularity_row(data: ProtocolData) -> dict:
     }
 
 
-def metadata_knowledge(settings, dataset, folder: Path) -> Path:
-    """A stand-in knowledge folder with no LLM: each item's "title (year): genres" through
-    the text encoder. For runs made before the LLM's knowledge exists; its rows are named
-    `meta_text`, never `na_llm`."""
+def ablation_knowledge(settings, dataset, source: Path, variant: str, folder: Path) -> Path:
+    """A knowledge folder that encodes one part of the default document (facts, then the
+    LLM's knowledge): `facts_only` (no LLM at all) or `llm_text_only` (the LLM's knowledge
+    from `source`'s texts.jsonl without the facts). Rebuilt every run (seconds), so it
+    always matches `source`."""
     from streamrec.assets import load_text_encoder
+    from workers.knowledge_job import dataset_items, domain_of
 
-    if (folder / "vectors.npy").is_file():
-        return folder
-    items = sorted(dataset.items.values(), key=lambda item: item.inner_id)
-    texts = [f"{item.title} ({item.year}): {', '.join(item.genres)}" for item in items]
-    vectors = load_text_encoder(settings=settings).encode(texts)
+    template = template_for(domain_of(settings, dataset.name))
+    items = dataset_items(dataset)
+    if variant == "facts_only":
+        documents = [template.facts(item) for item in items]
+        llm = "none (the item's facts only)"
+    else:
+        lines = (source / "texts.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        text_of = {int(record["item_id"]): record["text"] for record in records}
+        documents = [text_of.get(item.item_id, "") for item in items]
+        llm = json.loads((source / "summary.json").read_text()).get("llm_version")
+    vectors = load_text_encoder(settings=settings).encode(documents)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "vectors.npy", vectors.astype(np.float32))
-    np.save(folder / "item_ids.npy", np.array([item.external_id for item in items], np.int64))
-    summary = {"items": len(items), "llm": "none (title, year, genres only)"}
-    (folder / "summary.json").write_text(json.dumps(summary))
+    np.save(folder / "item_ids.npy", np.array([item.item_id for item in items], np.int64))
+    lines = [
+        json.dumps({"item_id": item.item_id, "text": document, "document": document})
+        for item, document in zip(items, documents, strict=True)
+    ]
+    (folder / "texts.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(json.dumps({"items": len(items), "llm": llm}))
     return folder
 
 
@@ -106,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         "--knowledge", help="Knowledge folder (default <data_dir>/knowledge/<dataset>)."
     )
     parser.add_argument("--models", nargs="+", default=["sasrec", "lightsans", "caser", "gru4rec"])
-    parser.add_argument("--variants", nargs="+", default=["base", "na_llm"])
     parser.add_argument(
-        "--metadata-knowledge",
-        help="Build and use a stand-in knowledge folder here (item metadata through the text "
-        "encoder, no LLM); its rows are named meta_text instead of na_llm.",
+        "--variants",
+        nargs="+",
+        default=["base", "na_llm"],
+        choices=["base", *KNOWLEDGE_VARIANTS],
+        help="na_llm encodes the default document (the item's facts, then the LLM's "
+        "knowledge); facts_only and llm_text_only encode one part of it (the ablation).",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="Default: recommender.seeds.")
     parser.add_argument("--fractions", nargs="*", type=float, default=[0.1, 0.3])
@@ -141,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = load_dataset(args.dataset, settings)
     data = protocol_data(dataset)
-    folder = Path(args.knowledge or settings.data_dir / "knowledge" / args.dataset)
-    knowledge_name = "na_llm"
-    if args.metadata_knowledge:
-        folder = metadata_knowledge(settings, dataset, Path(args.metadata_knowledge))
-        knowledge_name = "meta_text"
-    if "na_llm" in args.variants and not (folder / "vectors.npy").is_file():
-        parser.error(f"no knowledge in {folder}: run `streamrec knowledge generate` first")
+    source = Path(args.knowledge or settings.data_dir / "knowledge" / args.dataset)
+    needs_llm = {"na_llm", "llm_text_only"} & set(args.variants)
+    if needs_llm and not (source / "vectors.npy").is_file():
+        parser.error(f"no knowledge in {source}: run `streamrec knowledge generate` first")
+    folders = {"na_llm": source}
+    for variant in {"facts_only", "llm_text_only"} & set(args.variants):
+        ablation = Path(args.json).parent / "knowledge-ablation" / args.dataset / variant
+        folders[variant] = ablation_knowledge(settings, dataset, source, variant, ablation)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [popularity_row(data)]
@@ -165,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     for model, variant_kind, fraction in plan:
         started = time.monotonic()
-        knowledge = folder if variant_kind == "na_llm" else None
-        variant, summary = knowledge_variant(settings, data, knowledge, fraction, knowledge_name)
+        knowledge = folders.get(variant_kind)
+        variant, summary = knowledge_variant(settings, data, knowledge, fraction, variant_kind)
         row, _ = run_variant(
             settings,
             data,

@@ -158,6 +158,13 @@ def generate_cached(
     return [cached.get(item.item_id) or made[item.item_id] for item in items]
 
 
+def documents(
+    template: PromptTemplate, items: Sequence[ItemInfo], texts: Sequence[KnowledgeText]
+) -> list[str]:
+    """What the text encoder reads for each item, in order (`PromptTemplate.document`)."""
+    return [template.document(item, text.text) for item, text in zip(items, texts, strict=True)]
+
+
 def parse_counts(texts: Sequence[KnowledgeText]) -> dict[str, int]:
     counts = Counter(text.parse for text in texts)
     return {outcome: counts.get(outcome, 0) for outcome in PARSE_OUTCOMES}
@@ -186,10 +193,15 @@ def _save(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_knowledge_files(
-    out: Path, texts: Sequence[KnowledgeText], vectors: np.ndarray, summary: dict
+    out: Path,
+    texts: Sequence[KnowledgeText],
+    encoded: Sequence[str],
+    vectors: np.ndarray,
+    summary: dict,
 ) -> None:
-    """The files of the knowledge contract: vectors.npy, item_ids.npy, texts.jsonl, summary.json
-    (the summary last: its presence says the others are complete)."""
+    """The files of the knowledge contract: vectors.npy, item_ids.npy, texts.jsonl (each
+    item's knowledge and the `document` its vector encodes), summary.json (last: its
+    presence says the others are complete)."""
     out.mkdir(parents=True, exist_ok=True)
     item_ids = np.asarray([text.item_id for text in texts], dtype=np.int64)
 
@@ -202,7 +214,10 @@ def write_knowledge_files(
 
     _save(out / "vectors.npy", save_array(vectors.astype(np.float32)))
     _save(out / "item_ids.npy", save_array(item_ids))
-    lines = "".join(json.dumps(text.as_record(), ensure_ascii=False) + "\n" for text in texts)
+    lines = "".join(
+        json.dumps({**text.as_record(), "document": document}, ensure_ascii=False) + "\n"
+        for text, document in zip(texts, encoded, strict=True)
+    )
     _save(out / "texts.jsonl", lambda path: path.write_text(lines))
     _save(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=1)))
 
@@ -237,7 +252,8 @@ def generate_dataset_knowledge(
         cache.close()
     generated_s = time.perf_counter() - started
     encoder = load_encoder(settings)
-    vectors = encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+    encoded = documents(template, items, texts)
+    vectors = encoder.encode(encoded, settings.knowledge.encode_batch_size)
     summary = {
         "dataset": dataset_name,
         "items": len(texts),
@@ -255,7 +271,7 @@ def generate_dataset_knowledge(
         "encoder_dim": encoder.dim,
         "device": pick_device(settings.knowledge.device),
     }
-    write_knowledge_files(out, texts, vectors, summary)
+    write_knowledge_files(out, texts, encoded, vectors, summary)
     return summary
 
 
@@ -416,7 +432,7 @@ class KnowledgeJob:
                     try:
                         texts = generate_cached(self.generator, cache, chunk)
                         vectors = self.encoder.encode(
-                            [text.text for text in texts], self.config.encode_batch_size
+                            documents(self.template, chunk, texts), self.config.encode_batch_size
                         )
                         self._write(client, texts, vectors)
                     except Exception as error:  # one bad batch must not lose the others

@@ -241,7 +241,8 @@ def save_run(run: TrainedRun, data: ProtocolData, folder: Path, extra: dict) -> 
 
 
 def item_texts(folder: Path, item_ids: np.ndarray) -> list[str]:
-    """The knowledge text of each item by inner id from texts.jsonl ("" where none)."""
+    """The text each item's vector encodes, by inner id, from texts.jsonl ("" where none):
+    its `document` (facts + knowledge), or the knowledge alone in files written before."""
     path = folder / "texts.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no texts.jsonl in {folder}: the text mode fine-tunes on texts")
@@ -249,8 +250,14 @@ def item_texts(folder: Path, item_ids: np.ndarray) -> list[str]:
     for line in path.read_text().splitlines():
         if line.strip():
             record = json.loads(line)
-            by_item[int(record["item_id"])] = record.get("text") or " ".join(
-                part for part in (record.get("description"), record.get("summarization")) if part
+            by_item[int(record["item_id"])] = (
+                record.get("document")
+                or record.get("text")
+                or " ".join(
+                    part
+                    for part in (record.get("description"), record.get("summarization"))
+                    if part
+                )
             )
     return ["" if not inner else by_item.get(int(item), "") for inner, item in enumerate(item_ids)]
 

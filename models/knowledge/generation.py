@@ -29,7 +29,8 @@ class KnowledgeText:
 
     @property
     def text(self) -> str:
-        """What gets encoded: description + " " + summarization."""
+        """The knowledge: description + " " + summarization (the template's `document`
+        puts the item's facts before it for the encoder)."""
         return " ".join(part for part in (self.description, self.summarization) if part)
 
     def as_record(self) -> dict:

@@ -46,11 +46,20 @@ class PromptTemplate:
     system: str
     instruction: str  # formatted with {noun} and {item_json}
     response_prefix: str = '{"description": "'
+    # The encoded document opens with the item's own facts (`document`).
+    facts_in_document: bool = True
 
     @property
     def version(self) -> str:
         wording = json.dumps(
-            [self.noun, self.category_field, self.system, self.instruction, self.response_prefix]
+            [
+                self.noun,
+                self.category_field,
+                self.system,
+                self.instruction,
+                self.response_prefix,
+                self.facts_in_document,
+            ]
         )
         digest = hashlib.sha256(wording.encode()).hexdigest()[:8]
         return f"{self.domain}-v{self.revision}-{digest}"
@@ -63,6 +72,27 @@ class PromptTemplate:
             fields[self.category_field] = list(item.categories)
         fields.update(item.attributes)
         return json.dumps(fields, ensure_ascii=False)
+
+    def facts(self, item: ItemInfo) -> str:
+        """The item as one plain sentence: "Heat (1995). Genres: Action, Thriller."."""
+        name = item.title if item.year is None else f"{item.title} ({item.year})"
+        if not item.categories:
+            return f"{name}."
+        label = self.category_field.capitalize()
+        return f"{name}. {label}: {', '.join(item.categories)}."
+
+    def document(self, item: ItemInfo, knowledge: str) -> str:
+        """What the text encoder reads for an item: its facts, then the LLM's knowledge.
+
+        An ID recommender sees no attributes, and a small LLM often writes a generic
+        answer that names neither the title nor the genres; opening with the facts keeps
+        them in the vector, and the LLM's text adds what it knows beyond them. Alignment
+        changes only the knowledge part. The facts stay short, so the encoder's length
+        limit cuts the knowledge's tail, never the facts.
+        """
+        if not self.facts_in_document:
+            return knowledge
+        return f"{self.facts(item)} {knowledge}".strip()
 
     def messages(self, item: ItemInfo) -> list[dict[str, str]]:
         """Chat messages for the tokenizer's chat template."""
@@ -79,9 +109,9 @@ _INSTRUCTION = (
 )
 
 TEMPLATES: dict[str, PromptTemplate] = {
-    "movies": PromptTemplate("movies", 1, "movie", "genres", _SYSTEM, _INSTRUCTION),
-    "books": PromptTemplate("books", 1, "book", "categories", _SYSTEM, _INSTRUCTION),
-    "generic": PromptTemplate("generic", 1, "item", "categories", _SYSTEM, _INSTRUCTION),
+    "movies": PromptTemplate("movies", 2, "movie", "genres", _SYSTEM, _INSTRUCTION),
+    "books": PromptTemplate("books", 2, "book", "categories", _SYSTEM, _INSTRUCTION),
+    "generic": PromptTemplate("generic", 2, "item", "categories", _SYSTEM, _INSTRUCTION),
 }
 
 

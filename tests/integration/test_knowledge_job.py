@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.knowledge.prompts import ItemInfo
 from streamrec.db import connect, migrate
 from streamrec.jobs import list_runs
 from streamrec.registry import ModelRegistry
@@ -110,6 +111,18 @@ def _knowledge_rows(settings: Settings, llm_version: str) -> dict[int, list[floa
     return rows
 
 
+def _knowledge_texts(settings: Settings, llm_version: str) -> list[str]:
+    client = connect(settings)
+    try:
+        rows = client.execute(
+            "SELECT text FROM item_knowledge WHERE llm_version = %(llm)s",
+            {"llm": llm_version},
+        )
+    finally:
+        client.disconnect()
+    return [text for (text,) in rows]
+
+
 def _request_count(settings: Settings) -> int:
     from kafka import KafkaConsumer, TopicPartition
 
@@ -160,6 +173,11 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     assert [item for item, _ in rows] == [NEW_ITEM]
     vector = np.asarray(rows[0][1], dtype=np.float32)
     assert vector.shape == (ENCODER_DIM,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+    # The vector encodes the item's facts followed by the LLM's knowledge.
+    (text,) = _knowledge_texts(settings, job.llm.version)
+    document = job.template.document(ItemInfo(NEW_ITEM, "Heat", 1995, ("Crime",)), text)
+    assert document.startswith("Heat (1995). Genres: Crime. ")
+    np.testing.assert_allclose(job.encoder.encode([document])[0], vector, atol=1e-5)
 
     (run,) = list_runs(settings, kind="knowledge", limit=1)
     assert (run.status, run.items_ok, run.llm_version) == ("succeeded", 1, job.llm.version)

@@ -25,6 +25,11 @@ from workers.alignment.trainer import AlignmentTrainer, TrainerConfig
 N_ITEMS = 7
 
 
+def knowledge_only(item: int, text: str) -> str:
+    """The sampled text as its own document (these toy items have no facts)."""
+    return text
+
+
 def _sampler(resample: str = "last_item", k_items: int = 1) -> KnowledgeSampler:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -50,7 +55,7 @@ def _sampler(resample: str = "last_item", k_items: int = 1) -> KnowledgeSampler:
         TinyKnowledgeRecommender(N_ITEMS, 8, knowledge=cached),
         TinyKnowledgeRecommender(N_ITEMS, 8),
         encode,
-        str,
+        knowledge_only,
         task,
         SamplingConfig(batch_size=4, max_new_tokens=3, temperature=1.0, top_p=1.0),
     )

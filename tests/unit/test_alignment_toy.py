@@ -28,6 +28,11 @@ N_ITEMS = 9  # 1..8, 0 is padding
 CONTENT = [w for w in WORDS[3:] if w != KEYWORD]
 
 
+def knowledge_only(item: int, text: str) -> str:
+    """The sampled text as its own document (these toy items have no facts)."""
+    return text
+
+
 def _instances(count: int, generator: torch.Generator):
     lengths = torch.randint(1, 5, (count,), generator=generator)
     histories = torch.randint(1, N_ITEMS, (count, 4), generator=generator)
@@ -97,7 +102,7 @@ def test_alignment_raises_the_ratio_and_the_keyword():
         recommender,
         frozen,
         encode,
-        str,
+        knowledge_only,
         task,
         SamplingConfig(batch_size=12, max_new_tokens=4, temperature=1.0, top_p=1.0),
     )

@@ -55,3 +55,21 @@ def test_fingerprint_changes_with_what_the_prompt_shows():
     assert HEAT.fingerprint() == replace(HEAT).fingerprint()
     assert HEAT.fingerprint() != replace(HEAT, title="Heat (director's cut)").fingerprint()
     assert HEAT.fingerprint() != replace(HEAT, categories=("Crime",)).fingerprint()
+
+
+def test_document_opens_with_the_items_facts_then_the_knowledge():
+    movies = template_for("movies")
+    document = movies.document(HEAT, "A tense heist film. For fans of crime dramas.")
+    assert document == (
+        "Heat (1995). Genres: Action, Crime, Thriller. "
+        "A tense heist film. For fans of crime dramas."
+    )
+    emma = ItemInfo(9, "Emma")
+    assert template_for("books").document(emma, "") == "Emma."
+
+
+def test_knowledge_alone_is_a_document_of_its_own_version():
+    movies = template_for("movies")
+    knowledge_only = replace(movies, facts_in_document=False)
+    assert knowledge_only.document(HEAT, "A heist film.") == "A heist film."
+    assert knowledge_only.version != movies.version

@@ -112,7 +112,7 @@ class KnowledgeSampler:
         recommender: torch.nn.Module,
         frozen_recommender: torch.nn.Module,
         encode: Callable[[list[str]], np.ndarray],
-        text_of: Callable[[str], str],
+        document_of: Callable[[int, str], str],
         task: AlignmentTask,
         config: SamplingConfig,
     ):
@@ -121,7 +121,7 @@ class KnowledgeSampler:
         self.recommender = recommender
         self.frozen_recommender = frozen_recommender
         self.encode = encode
-        self.text_of = text_of
+        self.document_of = document_of
         self.task = task
         self.config = config
         self.table_name = knowledge_table_name(recommender, task.knowledge)
@@ -158,7 +158,11 @@ class KnowledgeSampler:
             device=device,
             dtype=config.dtype,
         )
-        encoded = torch.as_tensor(self.encode([self.text_of(t) for t in samples.texts]))
+        documents = [
+            self.document_of(item, text)
+            for item, text in zip(items[used].tolist(), samples.texts, strict=True)
+        ]
+        encoded = torch.as_tensor(self.encode(documents))
         vectors = torch.zeros(*items.shape, task.knowledge.shape[1], device=device)
         vectors[used] = encoded.to(device=device, dtype=vectors.dtype)
         tables = replace_rows(task.knowledge.to(device), items, vectors)

@@ -98,17 +98,20 @@ def item_infos(dataset) -> list:
     return infos
 
 
-class KnowledgeTextOf:
-    """Raw sampled continuation -> the text to encode (description + summarization), parsed
-    like the knowledge job parses it; the prompt ends with the answer's opening, put back."""
+class DocumentOf:
+    """(item, raw sampled continuation) -> the document to encode: parsed like the knowledge
+    job parses it (the prompt ends with the answer's opening, put back), after the item's
+    facts as the template writes them, so sampled and cached vectors mean the same."""
 
-    def __init__(self, response_prefix: str):
-        self.response_prefix = response_prefix
+    def __init__(self, template, infos: list):
+        self.template = template
+        self.infos = infos
 
-    def __call__(self, continuation: str) -> str:
+    def __call__(self, item: int, continuation: str) -> str:
         from models.knowledge.parsing import parse_knowledge
 
-        return parse_knowledge(self.response_prefix + continuation).text
+        knowledge = parse_knowledge(self.template.response_prefix + continuation).text
+        return self.template.document(self.infos[item], knowledge)
 
 
 class Encoder:
@@ -259,7 +262,8 @@ def regenerate_knowledge(
         texts = generator.generate(
             [infos[item] for item in items], on_batch=lambda done: bar.update(len(done))
         )
-    vectors = torch.as_tensor(encode([knowledge.text for knowledge in texts]))
+    documents = [template.document(infos[i], k.text) for i, k in zip(items, texts, strict=True)]
+    vectors = torch.as_tensor(encode(documents))
     table = table.clone()
     table[torch.as_tensor(items)] = vectors.to(table.dtype)
     return table
@@ -293,7 +297,7 @@ def align(parts: AlignmentParts, settings, mode: str | None = None, progress=Non
         parts.recommender,
         parts.frozen_recommender,
         parts.encode,
-        KnowledgeTextOf(parts.template.response_prefix),
+        DocumentOf(parts.template, parts.infos),
         parts.task,
         SamplingConfig(
             batch_size=alignment.batch_size,
