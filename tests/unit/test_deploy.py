@@ -454,13 +454,16 @@ def docker_compose_command() -> list[str] | None:
     return [standalone] if standalone else None
 
 
+DOCKER_COMPOSE = docker_compose_command()
+
+
 @pytest.mark.skipif(
-    docker_compose_command() is None, reason="neither docker compose nor docker-compose is here"
+    DOCKER_COMPOSE is None, reason="neither docker compose nor docker-compose is here"
 )
 def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(
         [
-            *docker_compose_command(),
+            *DOCKER_COMPOSE,
             "-f",
             str(COMPOSE),
             "--profile",
