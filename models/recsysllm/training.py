@@ -52,6 +52,7 @@ def rank_answers(
 
 
 @torch.no_grad()
+@torch.no_grad()
 def generate_text(
     model: RecSysLLM,
     context: list[int],
@@ -60,14 +61,26 @@ def generate_text(
     max_tokens: int,
 ) -> list[int]:
     """Greedy free text (explanations) until the span closes; intra-entity
-    positions of the generated tokens come from the entity trie (`position_of`)."""
+    positions of the generated tokens come from the entity trie (`position_of`).
+
+    The prompt is read once and each new token is one cached step. That is exact
+    because `position_of` is causal: a token's position depends only on the tokens
+    before it (figure 2's rule), so positions already fed never change.
+    """
+    cache, logits = model.prefill(context, context_positions)
     generated: list[int] = []
     for _ in range(max_tokens):
-        ids = torch.tensor([context + generated])
-        positions = torch.tensor([context_positions + position_of(generated)])
-        logits = model(ids, positions).logits[0, -1]
         token = int(logits.argmax())
         if token == model.span_end_id:
             break
         generated.append(token)
+        if len(generated) == max_tokens:
+            break
+        output = model(
+            torch.tensor([[token]]),
+            torch.tensor([position_of(generated)[-1:]]),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = output.past_key_values, output.logits[0, -1].float()
     return generated

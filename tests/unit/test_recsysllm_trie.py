@@ -8,6 +8,7 @@ from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
 from models.recsysllm.masking import prompt_context
 from models.recsysllm.modeling_recsysllm import RecSysLLM
 from models.recsysllm.textualise import entity
+from models.recsysllm.training import generate_text
 from models.recsysllm.trie import EntityTrie
 from tests.unit.recsysllm_helpers import tiny_llm, tokenizer
 
@@ -87,3 +88,22 @@ def test_cached_scoring_and_exhaustive_beam_search_match_full_forward_passes():
     assert set(by_entity) == {tuple(s) for s in sequences}
     for sequence, score in zip(sequences, expected, strict=True):
         assert abs(by_entity[tuple(sequence)] - score) < 1e-4
+
+
+def test_cached_free_text_generation_equals_greedy_full_forward_passes():
+    tok, llm, markers = tiny_llm(seed=5)
+    model = RecSysLLM(llm, RecSysLLMConfig(lora_rank=0), markers).eval()
+    torch.nn.init.normal_(model.intra_position.weight)
+    trie = EntityTrie(catalog(tok))
+    context, positions = prompt_context(tok, [entity("Heat (1995)")], markers[0], markers[1])
+    expected: list[int] = []  # the definition: one uncached pass over everything per token
+    with torch.no_grad():
+        for _ in range(12):
+            ids = torch.tensor([context + expected])
+            intra = torch.tensor([positions + trie.positions(expected)])
+            token = int(model(ids, intra).logits[0, -1].argmax())
+            if token == model.span_end_id:
+                break
+            expected.append(token)
+    generated = generate_text(model, context, positions, trie.positions, 12)
+    assert generated == expected and len(generated) > 1
