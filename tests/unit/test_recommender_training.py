@@ -3,6 +3,7 @@ stopping and saved, knowledge folders, CLI errors."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,6 +17,7 @@ from streamrec.datasets.splits import leave_one_out
 from streamrec.settings import Settings
 from tests.unit.recommender_helpers import N_ITEMS, one_thread, successor_table
 from workers.recommender_training import (
+    item_texts,
     knowledge_variant,
     load_knowledge,
     protocol_data,
@@ -126,6 +128,16 @@ def test_knowledge_folder_maps_external_ids_and_low_resource_names(tmp_path):
     assert summary["coverage"] == 3 / 30
     variant, _ = knowledge_variant(Settings(data_dir=tmp_path), data, tmp_path, fraction=0.1)
     assert variant.name == "na_llm@0.1" and variant.knowledge is not None
+
+
+def test_text_mode_reads_what_the_vectors_encode(tmp_path):
+    records = [
+        {"item_id": 101, "text": "A heist film.", "document": "Heat (1995). A heist film."},
+        {"item_id": 103, "description": "A comedy.", "summarization": "For all."},  # older file
+    ]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = item_texts(tmp_path, np.array([0, 101, 102, 103], dtype=np.int64))
+    assert texts == ["", "Heat (1995). A heist film.", "", "A comedy. For all."]
 
 
 def test_cli_errors_are_messages(tmp_path, monkeypatch):
