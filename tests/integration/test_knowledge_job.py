@@ -99,28 +99,16 @@ def world(services, tmp_path_factory):
     return {"settings": settings, "environment": environment, "folder": folder, "first": first}
 
 
-def _knowledge_rows(settings: Settings, llm_version: str) -> dict[int, list[float]]:
+def _knowledge_rows(settings: Settings, llm_version: str) -> list[tuple[int, str, list[float]]]:
+    """(item_id, text, vector) of every item_knowledge row of an LLM version."""
     client = connect(settings)
     try:
-        rows = client.execute(
-            "SELECT item_id, vector FROM item_knowledge WHERE llm_version = %(llm)s",
+        return client.execute(
+            "SELECT item_id, text, vector FROM item_knowledge WHERE llm_version = %(llm)s",
             {"llm": llm_version},
         )
     finally:
         client.disconnect()
-    return rows
-
-
-def _knowledge_texts(settings: Settings, llm_version: str) -> list[str]:
-    client = connect(settings)
-    try:
-        rows = client.execute(
-            "SELECT text FROM item_knowledge WHERE llm_version = %(llm)s",
-            {"llm": llm_version},
-        )
-    finally:
-        client.disconnect()
-    return [text for (text,) in rows]
 
 
 def _request_count(settings: Settings) -> int:
@@ -170,11 +158,11 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     assert (outcome.requested, outcome.ok, outcome.failed) == (1, 1, 0)
 
     rows = _knowledge_rows(settings, job.llm.version)
-    assert [item for item, _ in rows] == [NEW_ITEM]
-    vector = np.asarray(rows[0][1], dtype=np.float32)
+    assert [item for item, _, _ in rows] == [NEW_ITEM]
+    ((_, text, vector),) = rows
+    vector = np.asarray(vector, dtype=np.float32)
     assert vector.shape == (ENCODER_DIM,) and abs(np.linalg.norm(vector) - 1) < 1e-4
     # The vector encodes the item's facts followed by the LLM's knowledge.
-    (text,) = _knowledge_texts(settings, job.llm.version)
     document = job.template.document(ItemInfo(NEW_ITEM, "Heat", 1995, ("Crime",)), text)
     assert document.startswith("Heat (1995). Genres: Crime. ")
     np.testing.assert_allclose(job.encoder.encode([document])[0], vector, atol=1e-5)
@@ -222,7 +210,9 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
     llm_version = load_knowledge_llm(settings).version
 
     def written() -> int:
-        return len([item for item, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL])
+        return len(
+            [item for item, _, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
+        )
 
     log = open(tmp_path / "job.log", "wb")
     process = subprocess.Popen(
@@ -252,7 +242,7 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
 
     outcome = KnowledgeJob(settings, progress=False).run_once()
     assert (outcome.ok, outcome.failed) == (len(BACKFILL) - before, 0)
-    rows = [item for item, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
+    rows = [item for item, _, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
     assert sorted(rows) == BACKFILL  # every item, each exactly once
     published = ModelRegistry.from_settings(settings).get("seralm", outcome.published)
     ids = np.load(published.path / "item_ids.npy").tolist()
