@@ -52,7 +52,6 @@ def rank_answers(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def generate_text(
     model: RecSysLLM,
     context: list[int],

@@ -87,3 +87,8 @@ class TinyKnowledgeRecommender(torch.nn.Module):
 
     def full_scores(self, item_seq, item_seq_len) -> torch.Tensor:
         return self.user_representation(item_seq, item_seq_len) @ self.item_representations().T
+
+
+def knowledge_only(item: int, text: str) -> str:
+    """The sampled text as its own document (these toy items have no facts)."""
+    return text

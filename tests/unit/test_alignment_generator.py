@@ -11,6 +11,7 @@ from tests.unit.alignment_helpers import (
     WORDS,
     BagOfWords,
     TinyKnowledgeRecommender,
+    knowledge_only,
     tiny_llm,
     tiny_tokenizer,
 )
@@ -23,11 +24,6 @@ from workers.alignment.generator import (
 from workers.alignment.trainer import AlignmentTrainer, TrainerConfig
 
 N_ITEMS = 7
-
-
-def knowledge_only(item: int, text: str) -> str:
-    """The sampled text as its own document (these toy items have no facts)."""
-    return text
 
 
 def _sampler(resample: str = "last_item", k_items: int = 1) -> KnowledgeSampler:

@@ -18,6 +18,7 @@ from tests.unit.alignment_helpers import (
     WORDS,
     BagOfWords,
     TinyKnowledgeRecommender,
+    knowledge_only,
     tiny_llm,
     tiny_tokenizer,
 )
@@ -26,11 +27,6 @@ from workers.alignment.trainer import AlignmentTrainer, TrainerConfig
 
 N_ITEMS = 9  # 1..8, 0 is padding
 CONTENT = [w for w in WORDS[3:] if w != KEYWORD]
-
-
-def knowledge_only(item: int, text: str) -> str:
-    """The sampled text as its own document (these toy items have no facts)."""
-    return text
 
 
 def _instances(count: int, generator: torch.Generator):

@@ -1,6 +1,8 @@
 """Generation with a tiny random Llama over the real SmolLM2 tokenizer (batching, padding,
-order, cache), and one short run of the real SmolLM2 (it writes parsable knowledge)."""
+order, cache), what alignment hands the encoder, and one short run of the real SmolLM2
+(it writes parsable knowledge)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from models.knowledge.parsing import PARSE_OUTCOMES
 from models.knowledge.prompts import template_for
 from streamrec.assets import load_llm
 from tests.unit.knowledge_helpers import MOVIES, one_torch_thread, real_tokenizer, tiny_llm
-from workers.knowledge_job import generate_cached, parse_counts
+from workers.knowledge_job import documents, generate_cached, parse_counts
 
 MOVIES_TEMPLATE = template_for("movies")
 
@@ -109,3 +111,39 @@ def test_lora_adapter_is_merged_and_named_in_the_llm_version(tokenizer, tmp_path
     )
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter folder"):
         load_knowledge_llm(settings, adapter=str(tmp_path / "llm"))
+
+
+class RecordingEncoder:
+    """Keeps what alignment hands the text encoder; a vector of each text's length."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.texts += texts
+        return np.array([[float(len(text))] for text in texts], dtype=np.float32)
+
+
+def test_alignment_encodes_each_items_facts_before_its_knowledge(tokenizer, tiny):
+    from workers.alignment.job import DocumentOf, regenerate_knowledge
+
+    infos = [None, *MOVIES[:3]]  # by inner id
+    encode = RecordingEncoder()
+    table = torch.zeros(len(infos), 1)
+    rewritten = regenerate_knowledge(
+        tiny, tokenizer, MOVIES_TEMPLATE, infos, [1, 3], encode, table, 2, 6
+    )
+    knowledge = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, 2, 6).generate(
+        [MOVIES[0], MOVIES[2]]
+    )
+    expected = documents(MOVIES_TEMPLATE, [MOVIES[0], MOVIES[2]], knowledge)
+    assert encode.texts == expected
+    assert expected[0].startswith("Toy Story (1995). Genres: Animation, Children's, Comedy.")
+    assert rewritten[:, 0].tolist() == [0.0, len(expected[0]), 0.0, len(expected[1])]
+
+    sampled = 'A heist film.", "summarization": "For crime fans."}'
+    document = DocumentOf(MOVIES_TEMPLATE, infos)(2, sampled)
+    assert (
+        document
+        == "GoldenEye (1995). Genres: Action, Adventure, Thriller. A heist film. For crime fans."
+    )

@@ -255,15 +255,14 @@ def regenerate_knowledge(
     from tqdm import tqdm
 
     from models.knowledge.generation import KnowledgeGenerator
+    from workers.knowledge_job import documents
 
     generator = KnowledgeGenerator(policy, tokenizer, template, batch_size, max_new_tokens)
     policy.eval()
+    shown = [infos[item] for item in items]
     with tqdm(total=len(items), desc="aligned knowledge", unit="item") as bar:
-        texts = generator.generate(
-            [infos[item] for item in items], on_batch=lambda done: bar.update(len(done))
-        )
-    documents = [template.document(infos[i], k.text) for i, k in zip(items, texts, strict=True)]
-    vectors = torch.as_tensor(encode(documents))
+        texts = generator.generate(shown, on_batch=lambda done: bar.update(len(done)))
+    vectors = torch.as_tensor(encode(documents(template, shown, texts)))
     table = table.clone()
     table[torch.as_tensor(items)] = vectors.to(table.dtype)
     return table
