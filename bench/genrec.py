@@ -1,14 +1,17 @@
 """GenRec with and without pretraining (the paper's Table 3) beside SASRec, and serving latency.
 
-    python bench/genrec.py --json OUT [--dataset ml-100k] [--seeds 0] [--max-steps N] ...
+    python bench/genrec.py --json OUT [--dataset ml-100k] [--seeds 2020] [--variants ...]
 
 Rows in the project's evaluation format: `genrec` `pretrain` and `no_pretrain`
-(with `valid_item_rate` among their metrics), `sasrec` `base` trained in the
-same run on the same train split, all scored on the same test examples (the
-GenRec ranking is its generated top-20 list, so a target outside it ranks
-past 20). A last row, `genrec` `serving`, holds GenRecService latency over
-loopback gRPC at concurrency 1 and 8 (histories in the request). On a
-shared CPU every knob is small; each row's `note` says which.
+(with `valid_item_rate` among their metrics) and `sasrec` `base`, trained on
+the same train split and scored on the same test examples under the
+recommenders' protocol: every earlier item of the user is masked (GenRec's
+beams never spell one), and GenRec's ranking is its generated top-20 list, so
+a target outside it ranks past 20. SASRec trains as `bench/accuracy.py` trains
+it (the recommender settings, early stopping on validation). A last row,
+`genrec` `serving`, holds GenRecService latency over loopback gRPC at
+concurrency 1 and 8 (histories in the request). `--variants` splits the work
+across processes; each row's `note` says which knobs were used.
 """
 
 from __future__ import annotations
@@ -26,49 +29,48 @@ import numpy as np
 import torch
 
 from models.genrec import save_genrec
-from models.metrics import ranking_metrics, ranks_from_scores
-from models.sequential import build_recommender
+from models.metrics import ranking_metrics
+from models.training import RankingTask, rank_targets
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
 from workers.genrec_training import (
     evaluate,
+    evaluation_examples,
     item_and_user_ids,
-    next_item_examples,
     train_genrec,
 )
+from workers.recommender_training import Variant, protocol_data, run_variant
+
+GENREC_VARIANTS = ("no_pretrain", "pretrain")
 
 
-def _train_sasrec(dataset, settings, seed: int, epochs: int, max_steps: int, eval_count: int):
-    """SASRec (the recommenders' default config) on the same train split, full ranking."""
-    torch.manual_seed(seed)
-    train = dataset.splits["train"]
-    model = build_recommender("sasrec", dataset.num_items + 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.recommender.learning_rate)
-    histories = torch.as_tensor(train.histories)
-    lengths = torch.as_tensor(train.lengths)
-    targets = torch.as_tensor(train.targets)
-    generator = torch.Generator().manual_seed(seed)
-    batch_size, steps = settings.recommender.batch_size, 0
-    started = time.perf_counter()
-    model.train()
-    for _ in range(epochs):
-        for rows in torch.randperm(len(targets), generator=generator).split(batch_size):
-            if max_steps and steps >= max_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(histories[rows], lengths[rows], targets[rows]).backward()
-            optimizer.step()
-            steps += 1
-    seconds = time.perf_counter() - started
-    model.eval()
-    test = dataset.splits["test"]
-    count = eval_count or len(test)
-    with torch.no_grad():
-        scores = model.full_scores(
-            torch.as_tensor(test.histories[:count]), torch.as_tensor(test.lengths[:count])
-        )
-        ranks = ranks_from_scores(scores, torch.as_tensor(test.targets[:count]))
-    return ranking_metrics(ranks), {"steps": steps, "train_seconds": round(seconds, 1)}
+def _first(task: RankingTask, count: int) -> RankingTask:
+    """The first `count` examples of a ranking task (all when count is 0)."""
+    count = count or len(task)
+    return RankingTask(
+        task.histories[:count], task.lengths[:count], task.targets[:count], task.masked[:count]
+    )
+
+
+def _sasrec_runs(settings, dataset, seeds: list[int], eval_count: int) -> tuple[list, list]:
+    """SASRec trained to early stopping per seed, tested on the same first examples."""
+    data = protocol_data(dataset)
+    _, runs = run_variant(settings, data, "sasrec", Variant("base"), seeds)
+    test = _first(data.test, eval_count)
+    metrics = [
+        ranking_metrics(rank_targets(run.model, test, settings.recommender.eval_batch_size))
+        for run in runs
+    ]
+    details = [
+        {
+            "seed": run.seed,
+            "best_epoch": run.fit.best_epoch,
+            "epochs_run": run.fit.epochs_run,
+            "train_seconds": round(run.fit.seconds, 1),
+        }
+        for run in runs
+    ]
+    return metrics, details
 
 
 async def _latency(settings, folder: Path, histories: list[list[int]], requests: int) -> dict:
@@ -116,25 +118,22 @@ async def _latency(settings, folder: Path, histories: list[list[int]], requests:
     return figures
 
 
-def _mean_std(runs: list[dict]) -> tuple[dict, dict]:
-    keys = [key for key in runs[0] if isinstance(runs[0][key], int | float)]
-    means = {key: float(np.mean([run[key] for run in runs])) for key in keys}
-    stds = {key: float(np.std([run[key] for run in runs])) for key in keys}
-    return means, stds
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, type=Path, help="Where to write the rows.")
     parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", help="Default: genrec.seed.")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[*GENREC_VARIANTS, "sasrec"],
+        choices=[*GENREC_VARIANTS, "sasrec"],
+    )
     parser.add_argument("--max-steps", type=int, help="Optimizer steps per phase (cap).")
     parser.add_argument("--pretrain-epochs", type=int)
     parser.add_argument("--finetune-epochs", type=int)
     parser.add_argument("--max-history", type=int)
     parser.add_argument("--max-eval", type=int, default=0, help="Test examples (0: all).")
-    parser.add_argument("--sasrec-epochs", type=int, default=1)
-    parser.add_argument("--sasrec-max-steps", type=int, default=0)
     parser.add_argument("--latency-requests", type=int, default=100)
     parser.add_argument("--threads", type=int, default=0, help="Torch threads (0: default).")
     args = parser.parse_args(argv)
@@ -145,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     settings = get_settings()
+    seeds = args.seeds or [settings.genrec.seed]
     overrides = {
         "max_steps": args.max_steps,
         "pretrain_epochs": args.pretrain_epochs,
@@ -156,66 +156,65 @@ def main(argv: list[str] | None = None) -> None:
         update={key: value for key, value in overrides.items() if value is not None}
     )
     dataset = load_dataset(args.dataset, settings)
-    test = next_item_examples(dataset.splits["test"], chosen.max_history)
+    test, masked = evaluation_examples(dataset, "test", chosen.max_history)
+    evaluated = f"test examples {chosen.max_eval_examples or len(test)} of {len(test)}"
     knobs = (
         f"d_model {chosen.d_model}, {chosen.encoder_layers}+{chosen.decoder_layers} layers, "
-        f"history {chosen.max_history}, epochs {chosen.pretrain_epochs} pretrain / "
-        f"{chosen.finetune_epochs} fine-tune, step cap {chosen.max_steps or 'none'}"
+        f"history {chosen.max_history}, ID pieces of {chosen.piece_digits} digits, "
+        f"epochs {chosen.pretrain_epochs} pretrain / {chosen.finetune_epochs} fine-tune, "
+        f"step cap {chosen.max_steps or 'none'}"
         f"{' (a capped run, not the full schedule)' if chosen.max_steps else ''}, "
-        f"test examples {chosen.max_eval_examples or len(test)} of {len(test)}, "
-        f"beam {chosen.beam_size}, torch threads {torch.get_num_threads()}"
+        f"{evaluated}, beam {chosen.beam_size}, torch threads {torch.get_num_threads()}"
     )
-    runs: dict[str, list[dict]] = {"pretrain": [], "no_pretrain": [], "sasrec": []}
-    details: dict[str, list[dict]] = {key: [] for key in runs}
-    last_model = None
-    for seed in args.seeds:
-        for variant in ("no_pretrain", "pretrain"):
-            started = time.perf_counter()
-            model, summary = train_genrec(dataset, chosen, variant == "pretrain", seed)
-            summary["train_seconds"] = round(time.perf_counter() - started, 1)
-            metrics = evaluate(model, test, chosen, chosen.default_k, chosen.eval_exclude_seen)
-            metrics.pop("examples")
-            runs[variant].append(metrics)
-            details[variant].append(summary)
-            print(variant, seed, json.dumps(metrics), file=sys.stderr, flush=True)
-            if variant == "pretrain":
-                last_model = model
-        metrics, summary = _train_sasrec(
-            dataset, settings, seed, args.sasrec_epochs, args.sasrec_max_steps, args.max_eval
-        )
-        runs["sasrec"].append(metrics)
-        details["sasrec"].append(summary)
-        print("sasrec", seed, json.dumps(metrics), file=sys.stderr, flush=True)
-
     rows = []
-    for model_name, variant, key, note in (
-        ("genrec", "no_pretrain", "no_pretrain", knobs),
-        ("genrec", "pretrain", "pretrain", knobs),
-        (
-            "sasrec",
-            "base",
-            "sasrec",
-            f"SASRec default config, {args.sasrec_epochs} epoch(s), step cap "
-            f"{args.sasrec_max_steps or 'none'}, same test examples",
-        ),
-    ):
-        means, stds = _mean_std(runs[key])
+
+    def add_row(model_name: str, variant: str, runs: list[dict], details: list[dict], note):
+        keys = [key for key in runs[0] if isinstance(runs[0][key], int | float)]
         rows.append(
             {
                 "dataset": args.dataset,
                 "model": model_name,
                 "variant": variant,
-                "seeds": args.seeds,
-                "metrics": means,
-                "std": stds,
-                "runs": details[key],
+                "seeds": seeds,
+                "metrics": {key: float(np.mean([run[key] for run in runs])) for key in keys},
+                "std": {key: float(np.std([run[key] for run in runs])) for key in keys},
+                "runs": details,
                 "note": note,
             }
         )
 
+    last_model = None
+    for variant in [v for v in GENREC_VARIANTS if v in args.variants]:
+        runs, details = [], []
+        for seed in seeds:
+            started = time.perf_counter()
+            model, summary = train_genrec(dataset, chosen, variant == "pretrain", seed)
+            summary["train_seconds"] = round(time.perf_counter() - started, 1)
+            metrics = evaluate(model, test, chosen, chosen.default_k, masked)
+            metrics.pop("examples")
+            runs.append(metrics)
+            details.append(summary)
+            print(variant, seed, json.dumps(metrics), file=sys.stderr, flush=True)
+            last_model = model
+        add_row("genrec", variant, runs, details, knobs)
+    if "sasrec" in args.variants:
+        runs, details = _sasrec_runs(settings, dataset, seeds, chosen.max_eval_examples)
+        note = f"SASRec as bench/accuracy.py trains it (early stopping), {evaluated}"
+        add_row("sasrec", "base", runs, details, note)
+        print("sasrec", json.dumps(rows[-1]["metrics"]), file=sys.stderr, flush=True)
+
+    if last_model is not None:
+        rows.append(_serving_row(args, settings, chosen, dataset, last_model, test, seeds, knobs))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows, indent=2))
+
+
+def _serving_row(args, settings, chosen, dataset, model, test, seeds, knobs) -> dict:
+    """GenRecService latency with the last trained model, histories in the request."""
     with tempfile.TemporaryDirectory() as scratch:
         item_ids, user_ids = item_and_user_ids(dataset)
-        folder = save_genrec(last_model, Path(scratch) / "genrec", item_ids, user_ids)
+        folder = save_genrec(model, Path(scratch) / "genrec", item_ids, user_ids)
         serving_settings = settings.model_copy(
             update={
                 "genrec": chosen,
@@ -229,20 +228,15 @@ def main(argv: list[str] | None = None) -> None:
             [int(item_ids[i]) for i in example.history] for example in test[: args.latency_requests]
         ]
         latency = asyncio.run(_latency(serving_settings, folder, histories, args.latency_requests))
-    rows.append(
-        {
-            "dataset": args.dataset,
-            "model": "genrec",
-            "variant": "serving",
-            "seeds": args.seeds[-1:],
-            "metrics": latency,
-            "note": f"GenRecService over loopback gRPC, k={chosen.default_k}, the pretrain "
-            f"model, histories from the request, CPU; {knobs}",
-        }
-    )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
-    print(json.dumps(rows, indent=2))
+    return {
+        "dataset": args.dataset,
+        "model": "genrec",
+        "variant": "serving",
+        "seeds": seeds[-1:],
+        "metrics": latency,
+        "note": f"GenRecService over loopback gRPC, k={chosen.default_k}, the last model "
+        f"trained, histories from the request, CPU; {knobs}",
+    }
 
 
 if __name__ == "__main__":

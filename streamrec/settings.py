@@ -353,16 +353,17 @@ class GenRecSettings(BaseModel):
     attention_heads: int = 4
     ffn_dim: int = 256
     dropout: float = 0.1
+    # Dropout on attention weights; any makes PyTorch's attention leave its fused kernel.
+    attention_dropout: float = 0.0
     # Initial weight spread of the from-scratch BART (BART's own 0.02 is for 1024-wide
     # layers: with narrow ones attention stays uniform for long and learning stalls).
     init_std: float = 0.1
     # Most recent items of a history put in the encoder text (each item is a few sub-tokens).
     max_history: int = 20
+    # Digits per sub-token when the built-in vocabulary writes an ID (2: `item_01 68`).
+    piece_digits: int = 2
     beam_size: int = 20
     default_k: int = 20
-    # Serving never generates items already in the history unless the request says
-    # include_seen; evaluation keeps them by default, as the recommenders' full ranking does.
-    eval_exclude_seen: bool = False
     # Masked-item pretraining: masked copies of each user's training sequence per epoch.
     pretrain_epochs: int = 5
     pretrain_masks_per_user: int = 20

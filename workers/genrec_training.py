@@ -11,7 +11,8 @@ Two phases, both with AdamW and a linear warm-up then decay:
   recommenders learn from.
 
 Evaluation is the recommenders' protocol with the generated top-k list as
-the ranking: a target missing from the list ranks past k.
+the ranking: the beams never spell one of the user's earlier items (the
+items a full ranking masks), and a target missing from the list ranks past k.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 from models.genrec import GenRec
 from models.metrics import ranking_metrics
 from streamrec.datasets import Dataset, Split
+from workers.recommender_training import protocol_data
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,16 @@ def next_item_examples(split: Split, max_history: int) -> list[Example]:
             strict=True,
         )
     ]
+
+
+def evaluation_examples(
+    dataset: Dataset, split: str, max_history: int
+) -> tuple[list[Example], list[np.ndarray]]:
+    """A split's next-item examples and, for each, the items the protocol masks: all of the
+    user's items before the target (training sequence, and the valid item for test)."""
+    data = protocol_data(dataset)
+    task = {"valid": data.valid, "test": data.test}[split]
+    return next_item_examples(dataset.splits[split], max_history), task.masked
 
 
 def train_phase(
@@ -139,9 +151,10 @@ def evaluate(
     examples: list[Example],
     settings,
     k: int = 20,
-    exclude_seen: bool = False,
+    masked: Sequence[Collection[int]] | None = None,
 ) -> dict:
-    """Generate the top-k list per example and score the target's rank in it.
+    """Generate the top-k list per example and score the target's rank in it; `masked[i]`
+    holds the items example i must not generate (`evaluation_examples` gives the protocol's).
 
     `valid_item_rate` is measured, not assumed: the share of generated items that
     are catalog items and appear once in their list.
@@ -155,7 +168,9 @@ def evaluate(
     for start in tqdm(range(0, len(examples), batch_size), desc="generate", leave=False):
         rows = examples[start : start + batch_size]
         batch = model.encode([r.user for r in rows], [list(r.history) for r in rows])
-        banned = [set(r.history) for r in rows] if exclude_seen else None
+        banned = None
+        if masked is not None:
+            banned = [{int(i) for i in masked[start + n]} for n in range(len(rows))]
         results = model.generate(batch, k, settings.beam_size, banned)
         for offset, (row, result) in enumerate(zip(rows, results, strict=True)):
             generated += len(result.items)
@@ -240,10 +255,8 @@ def run_training_job(
     summary["train_seconds"] = round(time.perf_counter() - started, 1)
     metrics = {}
     for split in ("valid", "test"):
-        examples = next_item_examples(dataset.splits[split], chosen.max_history)
-        metrics[split] = evaluate(
-            model, examples, chosen, chosen.default_k, chosen.eval_exclude_seen
-        )
+        examples, masked = evaluation_examples(dataset, split, chosen.max_history)
+        metrics[split] = evaluate(model, examples, chosen, chosen.default_k, masked)
     result = {"dataset": dataset_name, "model": "genrec", "summary": summary, "metrics": metrics}
     if publish:
         item_ids, user_ids = item_and_user_ids(dataset)

@@ -21,10 +21,15 @@ class GenRecConfig:
     attention_heads: int = 4
     ffn_dim: int = 256
     dropout: float = 0.1
+    # Dropout on attention weights: off by default, since any makes PyTorch's attention
+    # leave its fused kernel for the slow path (a third of a CPU training step).
+    attention_dropout: float = 0.0
     # BART's 0.02 suits its 1024-wide layers; narrow ones trained from scratch need more
     # spread, or attention stays near uniform and the decoder learns only item frequencies.
     init_std: float = 0.1
     max_history: int = 20
+    # Digits per ID sub-token of the built-in vocabulary (see tokenization.py).
+    piece_digits: int = 2
     # The BART checkpoint this model started from (its tokenizer writes the IDs); empty:
     # a BART built from the fields above with the word-level digit tokenizer.
     bart_path: str = ""
@@ -51,7 +56,9 @@ class GenRecConfig:
             attention_heads=settings.attention_heads,
             ffn_dim=settings.ffn_dim,
             dropout=settings.dropout,
+            attention_dropout=settings.attention_dropout,
             init_std=settings.init_std,
             max_history=settings.max_history,
+            piece_digits=settings.piece_digits,
             bart_path=settings.bart_path,
         )

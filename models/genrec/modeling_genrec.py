@@ -102,7 +102,7 @@ class GenRec(nn.Module):
             encoder_ffn_dim=config.ffn_dim,
             decoder_ffn_dim=config.ffn_dim,
             dropout=config.dropout,
-            attention_dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
             init_std=config.init_std,
             max_position_embeddings=GenRec._longest_text(config, tokenizer),
             pad_token_id=tokenizer.pad_id,
@@ -116,7 +116,7 @@ class GenRec(nn.Module):
     def from_settings(cls, settings, n_items: int, n_users: int) -> GenRec:
         """A new model: the BART checkpoint at `settings.bart_path`, else the small config."""
         config = GenRecConfig.from_settings(settings, n_items, n_users)
-        tokenizer = build_tokenizer(config.bart_path, n_users, n_items)
+        tokenizer = build_tokenizer(config.bart_path, n_users, n_items, config.piece_digits)
         bart = None
         if config.bart_path:
             bart = BartForConditionalGeneration.from_pretrained(config.bart_path)
@@ -341,7 +341,7 @@ def load_genrec(folder: Path, device: str = "cpu") -> LoadedGenRec:
         raise ValueError(f"{folder} holds a {document.get('model')!r} model, not genrec")
     config = GenRecConfig.from_dict(document.pop("config"))
     document.pop("model")
-    tokenizer = load_tokenizer(folder, config.bart_path, config.n_users, config.n_items)
+    tokenizer = load_tokenizer(folder)
     model = GenRec(config, tokenizer)
     load_model(model, str(folder / WEIGHTS_FILE), device=device)
     model.to(device).eval()

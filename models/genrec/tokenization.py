@@ -1,13 +1,17 @@
 """How user and item IDs become sub-tokens.
 
 No pretrained BART tokenizer is available offline, so the default is a small
-word-level vocabulary: an ID is written as a fixed number of decimal digits
-(zero-padded to the widest ID of its kind), the first carrying the kind
-(`item_0`, `1`, `6`, `8` is item 168 of a catalog of under 10 000). Fixed
-width means no item's tokens are a prefix of another's, every item takes the
-same number of decoding steps (so beam scores compare fairly), and each
-sub-token is a real piece of the ID, which is what "every sub-token of one ID
-shares that ID's embedding" is about.
+word-level vocabulary that writes an ID the way a BPE vocabulary tends to:
+as fixed pieces of digits. The ID is zero-padded to the widest ID of its kind
+and cut into pieces of `piece_digits` digits, the first piece carrying the
+kind (with pieces of two, `item_01`, `68` is item 168 of a catalog of under
+10 000). Fixed width means no item's tokens are a prefix of another's and
+every item takes the same number of decoding steps (so beam scores compare
+fairly); each sub-token is a real piece of the ID, which is what "every
+sub-token of one ID shares that ID's embedding" is about. Two-digit pieces
+halve the encoder text and the decoding steps of single digits, and the
+decoder's last step sees a first piece that already names a group of 100
+items instead of a chain of digits it must combine.
 
 With a BART checkpoint, its own tokenizer writes `user_12` / `item_168` and
 whatever pieces it makes are the sub-tokens.
@@ -34,11 +38,6 @@ class GenRecTokenizer(ABC):
     mask_id: int
     vocab_size: int
 
-    def __init__(self, n_users: int, n_items: int):
-        # Widths from the largest ID (row count minus the zero row).
-        self.user_width = len(str(max(n_users - 1, 1)))
-        self.item_width = len(str(max(n_items - 1, 1)))
-
     @abstractmethod
     def user_tokens(self, user: int) -> list[int]: ...
 
@@ -51,21 +50,31 @@ class GenRecTokenizer(ABC):
 
 
 class DigitTokenizer(GenRecTokenizer):
-    """The built-in word-level vocabulary: specials, `user_d`, `item_d` and the digits."""
+    """The built-in word-level vocabulary: specials, `user_<piece>`, `item_<piece>` and the
+    pieces of `piece_digits` digits."""
 
-    def __init__(self, n_users: int, n_items: int):
-        super().__init__(n_users, n_items)
+    def __init__(self, n_users: int, n_items: int, piece_digits: int = 2):
+        if piece_digits < 1:
+            raise ValueError(f"piece_digits must be at least 1, got {piece_digits}")
+        self.n_users, self.n_items, self.piece_digits = n_users, n_items, piece_digits
+        pieces = [str(value).zfill(piece_digits) for value in range(10**piece_digits)]
         words = [*SPECIALS]
-        words += [f"user_{d}" for d in range(10)] + [f"item_{d}" for d in range(10)]
-        words += [str(d) for d in range(10)]
+        words += [f"user_{p}" for p in pieces] + [f"item_{p}" for p in pieces] + pieces
         self.vocab = {word: index for index, word in enumerate(words)}
         self.vocab_size = len(words)
         self.pad_id, self.bos_id, self.eos_id, _, self.mask_id = (self.vocab[s] for s in SPECIALS)
-        self.n_users, self.n_items = n_users, n_items
+        # Tokens per ID, from the largest ID of each kind (row count minus the zero row).
+        self.user_width = self._pieces(n_users - 1)
+        self.item_width = self._pieces(n_items - 1)
+
+    def _pieces(self, largest: int) -> int:
+        return -(-len(str(max(largest, 1))) // self.piece_digits)
 
     def _write(self, kind: str, value: int, width: int) -> list[int]:
-        digits = str(value).zfill(width)
-        return [self.vocab[f"{kind}_{digits[0]}"]] + [self.vocab[d] for d in digits[1:]]
+        size = self.piece_digits
+        digits = str(value).zfill(width * size)
+        pieces = [digits[start : start + size] for start in range(0, len(digits), size)]
+        return [self.vocab[f"{kind}_{pieces[0]}"]] + [self.vocab[p] for p in pieces[1:]]
 
     def user_tokens(self, user: int) -> list[int]:
         return self._write("user", user, self.user_width)
@@ -75,15 +84,21 @@ class DigitTokenizer(GenRecTokenizer):
 
     def save(self, folder: Path) -> None:
         (folder / VOCAB_FILE).write_text(
-            json.dumps({"n_users": self.n_users, "n_items": self.n_items, "vocab": self.vocab})
+            json.dumps(
+                {
+                    "n_users": self.n_users,
+                    "n_items": self.n_items,
+                    "piece_digits": self.piece_digits,
+                    "vocab": self.vocab,
+                }
+            )
         )
 
 
 class PretrainedTokenizer(GenRecTokenizer):
     """A BART checkpoint's own tokenizer writing `user_<id>` and `item_<id>`."""
 
-    def __init__(self, tokenizer, n_users: int, n_items: int):
-        super().__init__(n_users, n_items)
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.vocab_size = len(tokenizer)
         self.pad_id = tokenizer.pad_token_id
@@ -106,20 +121,24 @@ class PretrainedTokenizer(GenRecTokenizer):
         self.tokenizer.save_pretrained(folder / TOKENIZER_FOLDER)
 
 
-def build_tokenizer(bart_path: str, n_users: int, n_items: int) -> GenRecTokenizer:
+def build_tokenizer(
+    bart_path: str, n_users: int, n_items: int, piece_digits: int = 2
+) -> GenRecTokenizer:
     """The checkpoint's tokenizer when there is a checkpoint, else the digit vocabulary."""
     if not bart_path:
-        return DigitTokenizer(n_users, n_items)
+        return DigitTokenizer(n_users, n_items, piece_digits)
     from transformers import AutoTokenizer
 
-    return PretrainedTokenizer(AutoTokenizer.from_pretrained(bart_path), n_users, n_items)
+    return PretrainedTokenizer(AutoTokenizer.from_pretrained(bart_path))
 
 
-def load_tokenizer(folder: Path, bart_path: str, n_users: int, n_items: int) -> GenRecTokenizer:
+def load_tokenizer(folder: Path) -> GenRecTokenizer:
     """The tokenizer saved beside a GenRec checkpoint."""
-    if (folder / VOCAB_FILE).exists():
-        return DigitTokenizer(n_users, n_items)
+    vocab_file = folder / VOCAB_FILE
+    if vocab_file.exists():
+        saved = json.loads(vocab_file.read_text())
+        # Files written before pieces existed spelled IDs digit by digit.
+        return DigitTokenizer(saved["n_users"], saved["n_items"], saved.get("piece_digits", 1))
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER)
-    return PretrainedTokenizer(tokenizer, n_users, n_items)
+    return PretrainedTokenizer(AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER))

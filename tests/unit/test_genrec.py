@@ -1,18 +1,20 @@
 """GenRec: tokens and ID embeddings, the item trie, constrained beam search, learning a toy."""
 
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from models.genrec import DigitTokenizer, GenRec, GenRecConfig, load_genrec, save_genrec
-from models.genrec.tokenization import PretrainedTokenizer
+from models.genrec.tokenization import PretrainedTokenizer, load_tokenizer
 from streamrec.datasets.splits import leave_one_out
 from streamrec.settings import GenRecSettings
 from workers.genrec_training import (
     Example,
     evaluate,
+    evaluation_examples,
     next_item_examples,
     pretraining_examples,
     train_phase,
@@ -29,7 +31,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-N_ITEMS = 31  # rows: padding + items 1..30, written with two digits
+N_ITEMS = 31  # rows: padding + items 1..30, written digit by digit: two sub-tokens each
 N_USERS = 9
 
 
@@ -46,17 +48,31 @@ def tiny_model(seed: int = 0, max_history: int = 6) -> GenRec:
         dropout=0.0,
         init_std=0.2,
         max_history=max_history,
+        piece_digits=1,
     )
-    return GenRec(config, DigitTokenizer(N_USERS, N_ITEMS))
+    return GenRec(config, DigitTokenizer(N_USERS, N_ITEMS, piece_digits=1))
 
 
 def test_digit_tokens_are_fixed_width_and_distinct():
-    tokenizer = DigitTokenizer(N_USERS, N_ITEMS)
+    tokenizer = DigitTokenizer(N_USERS, N_ITEMS, piece_digits=1)
     written = {tuple(tokenizer.item_tokens(i)) for i in range(1, N_ITEMS)}
     assert len(written) == N_ITEMS - 1
     assert {len(tokens) for tokens in written} == {2}
     assert tokenizer.item_tokens(7) == [tokenizer.vocab["item_0"], tokenizer.vocab["7"]]
     assert tokenizer.user_tokens(3) == [tokenizer.vocab["user_3"]]
+
+
+def test_two_digit_pieces_write_a_four_digit_catalog_in_two_tokens(tmp_path):
+    tokenizer = DigitTokenizer(n_users=944, n_items=1683)  # MovieLens-100K's tables
+    vocab = tokenizer.vocab
+    assert tokenizer.item_tokens(168) == [vocab["item_01"], vocab["68"]]
+    assert tokenizer.item_tokens(1682) == [vocab["item_16"], vocab["82"]]
+    assert tokenizer.user_tokens(943) == [vocab["user_09"], vocab["43"]]
+    written = {tuple(tokenizer.item_tokens(i)) for i in range(1, 1683)}
+    assert len(written) == 1682 and {len(tokens) for tokens in written} == {2}
+    tokenizer.save(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.piece_digits == 2 and loaded.item_tokens(168) == tokenizer.item_tokens(168)
 
 
 def test_trie_admits_exactly_the_catalog_item_sequences():
@@ -166,6 +182,23 @@ def test_a_deterministic_next_item_is_learned():
     result = evaluate(model, examples[400:], settings, k=1)
     assert result["hr@5"] >= 0.9  # with k=1 every cut-off is HR@1
     assert result["valid_item_rate"] == 1.0
+    # Masked items are never generated: with each target masked, none is found.
+    masked = [{example.target} for example in examples[400:]]
+    assert evaluate(model, examples[400:], settings, k=1, masked=masked)["hr@5"] == 0.0
+
+
+def test_evaluation_masks_every_earlier_item_not_only_the_encoded_window():
+    items = np.arange(1, 10)
+    splits = leave_one_out(
+        np.ones(9, dtype=np.int64), items, np.arange(9, dtype=np.float32), max_seq_length=50
+    )
+    catalog = {inner: SimpleNamespace(external_id=inner) for inner in range(1, 10)}
+    dataset = SimpleNamespace(name="line", splits=splits, items=catalog, num_items=9)
+    (test,), (masked,) = evaluation_examples(dataset, "test", max_history=3)
+    assert test.history == (6, 7, 8) and test.target == 9
+    assert set(masked.tolist()) == set(range(1, 9))
+    (valid,), (masked,) = evaluation_examples(dataset, "valid", max_history=3)
+    assert valid.target == 8 and set(masked.tolist()) == set(range(1, 8))
 
 
 def test_checkpoint_round_trip_generates_the_same(tmp_path):
