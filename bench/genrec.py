@@ -11,7 +11,8 @@ a target outside it ranks past 20. SASRec trains as `bench/accuracy.py` trains
 it (the recommender settings, early stopping on validation). A last row,
 `genrec` `serving`, holds GenRecService latency over loopback gRPC at
 concurrency 1 and 8 (histories in the request). `--variants` splits the work
-across processes; each row's `note` says which knobs were used.
+across processes; `step_time` times training steps per ID writing and
+attention dropout. Each row's `note` says which knobs were used.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.genrec import save_genrec
+from models.genrec import GenRec, save_genrec
 from models.metrics import ranking_metrics
 from models.training import RankingTask, rank_targets
 from streamrec.datasets import load_dataset
@@ -37,6 +39,7 @@ from workers.genrec_training import (
     evaluate,
     evaluation_examples,
     item_and_user_ids,
+    next_item_examples,
     train_genrec,
 )
 from workers.recommender_training import Variant, protocol_data, run_variant
@@ -118,6 +121,48 @@ async def _latency(settings, folder: Path, histories: list[list[int]], requests:
     return figures
 
 
+def _step_time_rows(dataset_name: str, dataset, chosen, steps: int, seed: int) -> list[dict]:
+    """Median seconds of a fine-tuning step (encode, forward, backward, AdamW) per ID
+    writing and attention dropout: what two-digit pieces and no attention dropout buy."""
+    examples = next_item_examples(dataset.splits["train"], chosen.max_history)
+    rows = []
+    for piece_digits, attention_dropout in ((1, 0.1), (1, 0.0), (2, 0.1), (2, 0.0)):
+        shape = chosen.model_copy(
+            update={"piece_digits": piece_digits, "attention_dropout": attention_dropout}
+        )
+        torch.manual_seed(seed)
+        model = GenRec.from_settings(shape, dataset.num_items + 1, dataset.num_users + 1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=shape.learning_rate)
+        rng = random.Random(seed)
+        model.train()
+        timings = []
+        for _ in range(steps + 2):  # the first two warm the allocator up
+            sample = rng.sample(examples, shape.batch_size)
+            began = time.perf_counter()
+            batch = model.encode([r.user for r in sample], [list(r.history) for r in sample])
+            loss = model.loss(batch, [r.target for r in sample])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            timings.append(time.perf_counter() - began)
+        rows.append(
+            {
+                "dataset": dataset_name,
+                "model": "genrec",
+                "variant": f"step_time/pieces{piece_digits}/attention_dropout{attention_dropout:g}",
+                "seeds": [seed],
+                "metrics": {
+                    "median_step_seconds": round(statistics.median(timings[2:]), 4),
+                    "encoder_tokens": int(batch.input_ids.shape[1]),
+                },
+                "note": f"{steps} steps of batch {shape.batch_size}, torch threads "
+                f"{torch.get_num_threads()}, CPU",
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, type=Path, help="Where to write the rows.")
@@ -127,8 +172,10 @@ def main(argv: list[str] | None = None) -> None:
         "--variants",
         nargs="+",
         default=[*GENREC_VARIANTS, "sasrec"],
-        choices=[*GENREC_VARIANTS, "sasrec"],
+        choices=[*GENREC_VARIANTS, "sasrec", "step_time"],
+        help="step_time: the median training step per ID writing and attention dropout.",
     )
+    parser.add_argument("--timed-steps", type=int, default=20, help="Steps step_time times.")
     parser.add_argument("--max-steps", type=int, help="Optimizer steps per phase (cap).")
     parser.add_argument("--pretrain-epochs", type=int)
     parser.add_argument("--finetune-epochs", type=int)
@@ -167,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{evaluated}, beam {chosen.beam_size}, torch threads {torch.get_num_threads()}"
     )
     rows = []
+    if "step_time" in args.variants:
+        rows += _step_time_rows(args.dataset, dataset, chosen, args.timed_steps, seeds[0])
 
     def add_row(model_name: str, variant: str, runs: list[dict], details: list[dict], note):
         keys = [key for key in runs[0] if isinstance(runs[0][key], int | float)]
