@@ -8,7 +8,8 @@ Two phases, both with AdamW and a linear warm-up then decay:
   valid and test targets), so neither is ever seen;
 - fine-tuning: the mask appended after a history (the paper's figure 2),
   the model spells the next item, over the same train examples the ID
-  recommenders learn from.
+  recommenders learn from, until validation NDCG@10 stops improving (the
+  recommenders' early stopping; the best epoch's weights are kept).
 
 Evaluation is the recommenders' protocol with the generated top-k list as
 the ranking: the beams never spell one of the user's earlier items (the
@@ -100,8 +101,14 @@ def train_phase(
     description: str,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
+    validate: Callable[[GenRec], float] | None = None,
 ) -> dict:
-    """Train on `examples` for `epochs` (or `settings.max_steps` steps); returns a summary."""
+    """Train on `examples` for `epochs` (or `settings.max_steps` steps); returns a summary.
+
+    With `validate` (a score, higher is better) the phase scores the model after every
+    epoch, stops once `settings.patience` epochs in a row did not beat the best, and
+    ends on the best epoch's weights: the recommenders' early stopping.
+    """
     batch_size = settings.batch_size
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = steps_per_epoch * epochs
@@ -116,10 +123,12 @@ def train_phase(
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
     rng = random.Random(seed)
     order = list(range(len(examples)))
-    model.train()
-    step, running = 0, None
+    step, epoch, running = 0, 0, None
+    scores: list[float] = []
+    best_state: dict | None = None
     with tqdm(total=total, desc=description, unit="step", leave=False) as bar:
         while step < total:
+            model.train()
             rng.shuffle(order)
             for start in range(0, len(order), batch_size):
                 if step >= total:
@@ -142,8 +151,23 @@ def train_phase(
                 bar.set_postfix(loss=f"{running:.3f}")
                 if on_step:
                     on_step(len(rows), value)
+            epoch += 1
+            if validate is None:
+                continue
+            model.eval()
+            scores.append(validate(model))
+            log.info("%s epoch %d: loss %.4f, valid %.4f", description, epoch, running, scores[-1])
+            if scores[-1] == max(scores):
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif len(scores) - 1 - scores.index(max(scores)) >= settings.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return {"steps": step, "examples": len(examples), "loss": running}
+    summary = {"steps": step, "epochs_run": epoch, "examples": len(examples), "loss": running}
+    if scores:
+        summary |= {"best_epoch": scores.index(max(scores)) + 1, "valid": scores}
+    return summary
 
 
 def evaluate(
@@ -220,8 +244,21 @@ def train_genrec(
             model, examples, settings.pretrain_epochs, settings, "pretrain", seed, on_step
         )
     examples = next_item_examples(dataset.splits["train"], settings.max_history)
+    valid, masked = evaluation_examples(dataset, "valid", settings.max_history)
+    valid_settings = settings.model_copy(update={"max_eval_examples": 0})
+
+    def valid_ndcg(trained: GenRec) -> float:
+        return evaluate(trained, valid, valid_settings, settings.default_k, masked)["ndcg@10"]
+
     summary["fine_tuning"] = train_phase(
-        model, examples, settings.finetune_epochs, settings, "fine-tune", seed + 1, on_step
+        model,
+        examples,
+        settings.finetune_epochs,
+        settings,
+        "fine-tune",
+        seed + 1,
+        on_step,
+        validate=valid_ndcg if settings.patience else None,
     )
     return model, summary
 

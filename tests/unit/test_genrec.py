@@ -17,6 +17,7 @@ from workers.genrec_training import (
     evaluation_examples,
     next_item_examples,
     pretraining_examples,
+    train_genrec,
     train_phase,
     training_sequences,
 )
@@ -199,6 +200,57 @@ def test_evaluation_masks_every_earlier_item_not_only_the_encoded_window():
     assert set(masked.tolist()) == set(range(1, 9))
     (valid,), (masked,) = evaluation_examples(dataset, "valid", max_history=3)
     assert valid.target == 8 and set(masked.tolist()) == set(range(1, 8))
+
+
+def test_fine_tuning_stops_after_patience_epochs_and_keeps_the_best_weights():
+    model = tiny_model(seed=4)
+    settings = GenRecSettings(batch_size=50, patience=2, warmup_ratio=0.0)
+    scripted = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    weights_seen = []
+
+    def validate(trained: GenRec) -> float:
+        assert not trained.training  # scored in eval mode
+        weights_seen.append(trained.item_embeddings.weight.detach().clone())
+        return next(scripted)
+
+    summary = train_phase(
+        model, toy_examples()[:100], 6, settings, "toy", seed=0, validate=validate
+    )
+    # Epochs 3 and 4 did not beat epoch 2's 0.3: stopped after epoch 4, never saw the 0.9.
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
+    assert summary["valid"] == [0.1, 0.3, 0.2, 0.25]
+    assert summary["steps"] == 4 * 2
+    torch.testing.assert_close(model.item_embeddings.weight, weights_seen[1])
+    assert not torch.equal(weights_seen[1], weights_seen[3])
+
+
+def test_train_genrec_pretrains_then_fine_tunes_against_validation():
+    rng = np.random.default_rng(0)
+    users, items, times = [], [], []
+    for user in range(1, N_USERS):
+        first = int(rng.integers(1, CYCLE + 1))
+        for step in range(10):
+            users.append(user)
+            items.append((first - 1 + step) % CYCLE + 1)
+            times.append(100 * user + step)
+    splits = leave_one_out(
+        np.array(users), np.array(items), np.array(times, dtype=np.float32), max_seq_length=50
+    )
+    catalog = {inner: SimpleNamespace(external_id=inner) for inner in range(1, N_ITEMS)}
+    dataset = SimpleNamespace(
+        name="cycle", splits=splits, items=catalog, num_items=N_ITEMS - 1, num_users=N_USERS - 1
+    )
+    settings = GenRecSettings(
+        d_model=16, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=32,
+        max_history=4, pretrain_epochs=1, pretrain_masks_per_user=4, finetune_epochs=3,
+        patience=1, batch_size=16, beam_size=5, default_k=5, device="cpu",
+    )  # fmt: skip
+    model, summary = train_genrec(dataset, settings, pretrain=True, seed=0)
+    assert summary["pretraining"]["steps"] == 2  # 8 users x 4 masked copies, batches of 16
+    tuning = summary["fine_tuning"]
+    assert 2 <= tuning["epochs_run"] <= 3 and len(tuning["valid"]) == tuning["epochs_run"]
+    assert tuning["valid"][tuning["best_epoch"] - 1] == max(tuning["valid"])
+    assert not model.training
 
 
 def test_checkpoint_round_trip_generates_the_same(tmp_path):
