@@ -32,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 from models.genrec import GenRec
 from models.metrics import ranking_metrics
 from streamrec.datasets import Dataset, Split
-from workers.recommender_training import protocol_data
+from workers.recommender_training import EPOCH, VALID_NDCG, protocol_data
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,15 @@ def train_genrec(
     valid, masked = evaluation_examples(dataset, "valid", settings.max_history)
     valid_settings = settings.model_copy(update={"max_eval_examples": 0})
 
+    scores: list[float] = []
+
     def valid_ndcg(trained: GenRec) -> float:
-        return evaluate(trained, valid, valid_settings, settings.default_k, masked)["ndcg@10"]
+        scores.append(
+            evaluate(trained, valid, valid_settings, settings.default_k, masked)["ndcg@10"]
+        )
+        EPOCH.labels("genrec").set(len(scores))
+        VALID_NDCG.labels("genrec").set(scores[-1])
+        return scores[-1]
 
     summary["fine_tuning"] = train_phase(
         model,

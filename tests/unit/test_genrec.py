@@ -21,6 +21,7 @@ from workers.genrec_training import (
     train_phase,
     training_sequences,
 )
+from workers.recommender_training import EPOCH, VALID_NDCG
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -251,6 +252,9 @@ def test_train_genrec_pretrains_then_fine_tunes_against_validation():
     assert 2 <= tuning["epochs_run"] <= 3 and len(tuning["valid"]) == tuning["epochs_run"]
     assert tuning["valid"][tuning["best_epoch"] - 1] == max(tuning["valid"])
     assert not model.training
+    # Progress is exported as the recommenders' gauges, labelled genrec.
+    assert EPOCH.labels("genrec")._value.get() == tuning["epochs_run"]
+    assert VALID_NDCG.labels("genrec")._value.get() == tuning["valid"][-1]
 
 
 def test_checkpoint_round_trip_generates_the_same(tmp_path):
