@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import statistics
 import sys
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-requests", type=int, default=100)
     parser.add_argument("--threads", type=int, default=0, help="Torch threads (0: default).")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # Run as a script, this folder leads sys.path and its serving.py would shadow `serving`.
     here = Path(__file__).resolve().parent
     sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
