@@ -28,6 +28,7 @@ from streamrec.v1 import events_pb2
 from streams.producer import now_ms
 from streams.sequences import apply_events
 from streams.sink import ClickHouseSink, interaction_row, item_row
+from streams.transport import App
 from streams.validation import Problem, interaction_problem, item_problem
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ CONSUMER_LAG = Gauge(
 )
 
 settings = get_settings()
-app = faust.App(
+# faust.App, but its consumer never fetches records that faust would then drop (see
+# streams/transport.py): without it a restarted worker could stall after recovery.
+app = App(
     settings.streams.app_id,
     broker=f"kafka://{kafka_bootstrap(settings)}",
     store="memory://",
