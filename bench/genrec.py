@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     knobs = (
         f"d_model {chosen.d_model}, {chosen.encoder_layers}+{chosen.decoder_layers} layers, "
         f"history {chosen.max_history}, ID pieces of {chosen.piece_digits} digits, "
+        f"dropout {chosen.dropout:g}, "
         f"epochs {chosen.pretrain_epochs} pretrain / {chosen.finetune_epochs} fine-tune, "
         f"step cap {chosen.max_steps or 'none'}"
         f"{' (a capped run, not the full schedule)' if chosen.max_steps else ''}, "
