@@ -367,9 +367,10 @@ class GenRecSettings(BaseModel):
     # Masked-item pretraining: masked copies of each user's training sequence per epoch.
     pretrain_epochs: int = 5
     pretrain_masks_per_user: int = 20
-    # Fine-tuning runs at most this many epochs, and stops once validation NDCG@10 has not
-    # improved for `patience` epochs in a row (0: no validation, all epochs run).
-    finetune_epochs: int = 20
+    # Fine-tuning runs at most this many epochs (the learning rate decays to 0 over them),
+    # and stops once validation NDCG@10 has not improved for `patience` epochs in a row
+    # (0: no validation, all epochs run). On MovieLens-100K the best epoch was the 6th.
+    finetune_epochs: int = 10
     patience: int = 2
     batch_size: int = 128
     eval_batch_size: int = 64
