@@ -48,13 +48,10 @@ class ServingGenRec:
 
 
 def load_serving_genrec(version: ModelVersion, settings: Settings) -> ServingGenRec:
-    import torch
-
+    from models.device import resolve_device
     from models.genrec import load_genrec
 
-    device = settings.serving.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(settings.serving.device))
     loaded = load_genrec(version.path, device=device)
     return ServingGenRec(
         version=version.version,

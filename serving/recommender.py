@@ -45,14 +45,6 @@ def set_torch_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.serving.torch_threads)
 
 
-def pick_device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
 @dataclass
 class ServingModel:
     """One loaded version: the model, its item vectors in an index, and the id mapping."""
@@ -75,9 +67,10 @@ def load_serving_model(version: ModelVersion, settings: Settings) -> ServingMode
     """Load a `seralm` checkpoint folder (contract 1) and index its item vectors."""
     import torch
 
+    from models.device import resolve_device
     from models.sequential.checkpoint import load_recommender
 
-    device = pick_device(settings.serving.device)
+    device = str(resolve_device(settings.serving.device))
     loaded = load_recommender(version.path, device=device)
     model = loaded.model.to(device).eval()
     with torch.inference_mode():

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from models.device import resolve_device
 from models.genrec import GenRec
 from models.metrics import ranking_metrics
 from streamrec.datasets import Dataset, Split
@@ -233,7 +234,7 @@ def train_genrec(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = GenRec.from_settings(settings, dataset.num_items + 1, dataset.num_users + 1)
-    model.to(_device(settings.device))
+    model.to(resolve_device(settings.device))
     summary = {"seed": seed, "pretrain": pretrain}
     if pretrain:
         sequences = training_sequences(dataset.splits["train"])
@@ -268,12 +269,6 @@ def train_genrec(
         validate=valid_ndcg if settings.patience else None,
     )
     return model, summary
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_training_job(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from prometheus_client import Counter as PromCounter
 
+from models.device import resolve_device
 from models.knowledge.cache import KnowledgeCache
 from models.knowledge.encoding import TextEncoder
 from models.knowledge.generation import KnowledgeGenerator, KnowledgeText
@@ -43,12 +44,6 @@ class KnowledgeLLM:
     tokenizer: object
     name: str
     version: str  # what `item_knowledge.llm_version` and the cache say
-
-
-def pick_device(setting: str) -> str:
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
 
 
 def _folder_digest(folder: Path) -> str:
@@ -90,7 +85,7 @@ def load_knowledge_llm(
     if settings.knowledge.threads:
         torch.set_num_threads(settings.knowledge.threads)
     path = llm_path or settings.knowledge.llm_path or settings.assets.llm_path
-    device = pick_device(settings.knowledge.device)
+    device = str(resolve_device(settings.knowledge.device))
     model, tokenizer = load_llm(path or None, settings=settings, device=device)
     folder = Path(path).expanduser() if path else fetch_assets(settings).llm
     version = f"{folder.name}@{_folder_digest(folder)}"
@@ -105,10 +100,12 @@ def load_knowledge_llm(
     return KnowledgeLLM(model, tokenizer, folder.name, version)
 
 
-def load_encoder(settings: Settings) -> TextEncoder:
+def load_encoder(settings: Settings, device: str | None = None) -> TextEncoder:
+    """The configured text encoder on `device` (default: the knowledge job's)."""
     from streamrec.assets import load_text_encoder
 
-    loaded = load_text_encoder(settings=settings, device=pick_device(settings.knowledge.device))
+    device = device or str(resolve_device(settings.knowledge.device))
+    loaded = load_text_encoder(settings=settings, device=device)
     return TextEncoder(loaded.model, loaded.tokenizer, loaded.max_length)
 
 
@@ -269,7 +266,7 @@ def generate_dataset_knowledge(
         "max_new_tokens": generator.max_new_tokens,
         "batch_size": generator.batch_size,
         "encoder_dim": encoder.dim,
-        "device": pick_device(settings.knowledge.device),
+        "device": str(resolve_device(settings.knowledge.device)),
     }
     write_knowledge_files(out, texts, encoded, vectors, summary)
     return summary

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from prometheus_client import Gauge
 
+from models.device import resolve_device
 from models.metrics import ranking_metrics
 from models.sequential import build_recommender
 from models.sequential.base import SequentialRecommender
@@ -126,12 +127,6 @@ def fit_config(config: RecommenderSettings) -> FitConfig:
         patience=config.patience,
         max_seconds=config.max_seconds,
     )
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def sample_sequences(sequences: list[np.ndarray], fraction: float, seed: int) -> list:

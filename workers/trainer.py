@@ -44,6 +44,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
+from models.device import resolve_device
 from streamrec.db import connect
 from streamrec.jobs import JobRecorder
 from streamrec.services import kafka_bootstrap
@@ -89,12 +90,6 @@ class Decision:
     metrics: dict
     # Set when another job published first: the cycle's candidate was dropped for that version.
     rebased_on: str | None = None
-
-
-def pick_device(setting: str) -> str:
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
 
 
 def is_held_out(event_id: str, fraction: float) -> bool:
@@ -158,7 +153,7 @@ class OnlineTrainer:
         self.settings = settings
         self.config = settings.workers
         self.topic = settings.kafka.training_examples_topic
-        self.device = pick_device(self.config.device)
+        self.device = str(resolve_device(self.config.device))
         self.registry = ModelRegistry.from_settings(settings)
         self.consumer: KafkaConsumer | None = None
         self.replay: deque[Example] = deque(maxlen=self.config.trainer_replay_buffer_size)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from models.alignment.policy import attach_lora
+from models.device import resolve_device
 from workers.alignment.generator import AlignmentTask, KnowledgeSampler, SamplingConfig
 from workers.alignment.trainer import AlignmentRun, AlignmentTrainer, TrainerConfig
 
@@ -35,12 +36,6 @@ METRIC_CUTOFFS = (5, 10, 20)
 
 
 # -- devices -------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
