@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.metrics import ranking_metrics, ranks_from_scores
+from models.metrics import degenerate_scores, rank_under_protocol, ranking_metrics
 from models.sequential.base import SequentialRecommender
 
 
@@ -69,33 +69,47 @@ class RankingTask:
     histories: torch.Tensor
     lengths: torch.Tensor
     targets: torch.Tensor
-    masked: list[np.ndarray]
+    masked: Sequence[Sequence[int]]
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def subset(self, rows: Sequence[int]) -> RankingTask:
+        """The examples at `rows`, in that order."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        return RankingTask(
+            self.histories[index],
+            self.lengths[index],
+            self.targets[index],
+            [self.masked[int(row)] for row in index],
+        )
+
 
 @torch.no_grad()
-def rank_targets(
+def screened_ranks(
     model: SequentialRecommender, task: RankingTask, batch_size: int = 512
-) -> torch.Tensor:
-    """1-based rank of each target among all items (padding and masked items excluded)."""
+) -> tuple[torch.Tensor, str | None]:
+    """Ranks of the targets under the protocol (`rank_under_protocol`), and why the
+    model's scores show it broken (`degenerate_scores` of any batch), else None."""
     model.eval()
     device = next(model.parameters()).device
-    ranks = []
+    ranks, problem = [], None
     for start in range(0, len(task), batch_size):
         stop = min(start + batch_size, len(task))
         scores = model.full_scores(
             task.histories[start:stop].to(device), task.lengths[start:stop].to(device)
-        ).float()
-        rows = np.concatenate(
-            [np.full(len(task.masked[i]), i - start) for i in range(start, stop)]
-        ).astype(np.int64)
-        columns = np.concatenate([task.masked[i] for i in range(start, stop)]).astype(np.int64)
-        scores[torch.from_numpy(rows), torch.from_numpy(columns)] = float("-inf")
-        scores[:, 0] = float("-inf")
-        ranks.append(ranks_from_scores(scores, task.targets[start:stop].to(device)).cpu())
-    return torch.cat(ranks)
+        )
+        problem = problem or degenerate_scores(scores)
+        targets = task.targets[start:stop]
+        ranks.append(rank_under_protocol(scores, targets, task.masked[start:stop]).cpu())
+    return (torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)), problem
+
+
+def rank_targets(
+    model: SequentialRecommender, task: RankingTask, batch_size: int = 512
+) -> torch.Tensor:
+    """1-based rank of each target among all items (padding and masked items excluded)."""
+    return screened_ranks(model, task, batch_size)[0]
 
 
 def evaluate(model: SequentialRecommender, task: RankingTask, batch_size: int = 512) -> dict:
