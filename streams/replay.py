@@ -135,3 +135,15 @@ def replay_dataset(
         interactions=len(records),
         seconds=time.perf_counter() - started,
     )
+
+
+def stored_interactions(settings: Settings, name: str) -> int:
+    """How many of this dataset's replayed interactions ClickHouse holds (by their event ids)."""
+    from streamrec.db import connect
+
+    client = connect(settings)
+    try:
+        query = "SELECT count() FROM interactions FINAL WHERE event_id LIKE %(prefix)s"
+        return client.execute(query, {"prefix": f"{name}:%"})[0][0]
+    finally:
+        client.disconnect()

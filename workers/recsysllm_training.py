@@ -12,6 +12,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,3 +234,32 @@ def publish(settings: Settings, artifact: RecSysLLMArtifact, metadata: dict, not
     if notify:
         announce(settings, version)
     return version
+
+
+def run_training_job(
+    settings: Settings,
+    dataset_name: str,
+    eval_users: int = 20,
+    publish_version: bool = True,
+    on_trained: Callable[[int], None] | None = None,
+) -> dict:
+    """`streamrec recsysllm train`: train on sampled users, evaluate held-out ones, publish.
+
+    `on_trained` hears how many users were trained on. Returns the metrics, and the
+    published version's name when one was published.
+    """
+    from streamrec.datasets import load_dataset
+
+    config = settings.recsysllm
+    data = dataset_data(load_dataset(dataset_name, settings))
+    chosen = sample_users(data, config.train_users, config.seed)
+    artifact = train_recsysllm(settings, data, chosen)
+    if on_trained is not None:
+        on_trained(len(chosen))
+    held_out = sample_users(data, eval_users, config.seed + 7)
+    metrics = evaluate(settings, artifact, data, held_out)
+    result = {"dataset": dataset_name, "metrics": metrics}
+    if publish_version:
+        version = publish(settings, artifact, {"dataset": dataset_name, "metrics": metrics})
+        result["published"] = f"{version.family}/{version.version}"
+    return result

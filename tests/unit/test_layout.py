@@ -21,13 +21,13 @@ ALLOWED = {
 }
 # The kernel may import models only in the registry; the CLI is the composition root.
 KERNEL_MODELS_IMPORTERS = {"streamrec/registry.py"}
-COMPOSITION_ROOT = "streamrec/cli.py"
+COMPOSITION_ROOT = "streamrec/cli/"
 
 
-def project_imports(path: Path) -> set[str]:
+def project_imports(path: Path, top_level_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
-    for node in ast.walk(tree):
+    for node in tree.body if top_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -47,7 +47,7 @@ def test_each_package_imports_only_what_the_layout_allows(package):
     broken = []
     for path in modules(package):
         relative = path.relative_to(ROOT).as_posix()
-        if relative == COMPOSITION_ROOT or relative.startswith("streamrec/v1/"):
+        if relative.startswith((COMPOSITION_ROOT, "streamrec/v1/")):
             continue
         allowed = ALLOWED[package] | {package}
         if package == "streamrec" and relative not in KERNEL_MODELS_IMPORTERS:
@@ -58,7 +58,19 @@ def test_each_package_imports_only_what_the_layout_allows(package):
     assert not broken, "\n".join(broken)
 
 
+def test_the_cli_imports_the_planes_only_inside_its_commands():
+    """`streamrec --help` loads no plane, and each command only the planes it runs."""
+    broken = []
+    for path in modules(COMPOSITION_ROOT):
+        eager = project_imports(path, top_level_only=True) - {"streamrec"}
+        if eager:
+            broken.append(f"{path.relative_to(ROOT).as_posix()} imports {sorted(eager)}")
+    assert not broken, "\n".join(broken)
+
+
 def test_the_rule_checker_sees_a_forbidden_import(tmp_path):
     module = tmp_path / "agent.py"
     module.write_text("import os\nfrom serving.server import build\nimport workers.trainer\n")
     assert project_imports(module) == {"serving", "workers"}
+    module.write_text("import os\n\ndef command():\n    from serving.server import build\n")
+    assert project_imports(module, top_level_only=True) == set()

@@ -1,0 +1,52 @@
+"""`streamrec serve`: the gRPC server of the serving plane."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from streamrec.cli.common import console, fail, with_overrides
+from streamrec.settings import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+
+
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address (default from settings).")] = None,
+) -> None:
+    """Run the gRPC server (every built service, health, reflection) until Ctrl-C."""
+    import asyncio
+
+    from serving.server import build_servicers, start_server
+
+    settings = with_overrides(get_settings(), "serving", port=port, host=host)
+    serving = settings.serving
+    if serving.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(serving.metrics_port, serving.metrics_host)
+        except OSError as error:  # a second server on one host: serve, without /metrics
+            console.print(f"no /metrics on port {serving.metrics_port}: {error}")
+
+    async def run() -> None:
+        server, bound = await start_server(settings, build_servicers(settings))
+        console.print(f"serving on {serving.host}:{bound}")
+        try:
+            await server.wait_for_termination()
+        finally:
+            await server.stop(None)
+
+    # SIGTERM (`up` stopping its children, Kubernetes) unwinds like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except (OSError, RuntimeError) as error:
+        fail(str(error))

@@ -1,0 +1,56 @@
+"""The stream plane's commands: the faust worker, and replaying a dataset into Kafka."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from streamrec.cli.common import console, fail
+from streamrec.settings import get_settings
+
+stream_app = typer.Typer(help="The stream plane.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(stream_app, name="stream")
+    app.command()(replay)
+
+
+@stream_app.command("worker")
+def stream_worker(
+    loglevel: Annotated[str, typer.Option(help="faust log level.")] = "warning",
+) -> None:
+    """Run the faust stream worker until stopped (topics are created first)."""
+    import faust
+
+    from streams.topics import ensure_topics
+
+    ensure_topics(get_settings())
+    from streams.app import app as faust_app
+
+    # Below the chosen level nothing is printed, yet the Kafka clients build a
+    # log record per message unless records that low are switched off.
+    logging.disable(logging.getLevelName(loglevel.upper()) - 1)
+    faust.Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def replay(
+    dataset: Annotated[str, typer.Argument(help="Dataset name, e.g. ml-100k.")] = "ml-100k",
+    rate: Annotated[float | None, typer.Option(help="Events per second.")] = None,
+    speedup: Annotated[
+        float | None, typer.Option(help="Keep the dataset's own gaps, divided by this.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Send only the first N interactions.")] = None,
+) -> None:
+    """Replay a dataset's items, then its interactions in time order, into Kafka."""
+    if rate is not None and speedup is not None:
+        fail("give --rate or --speedup, not both")
+    from streams.replay import replay_dataset
+    from streams.topics import ensure_topics
+
+    settings = get_settings()
+    ensure_topics(settings)
+    summary = replay_dataset(settings, dataset, rate=rate, speedup=speedup, limit=limit)
+    console.print(summary.describe())

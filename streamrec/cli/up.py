@@ -1,0 +1,232 @@
+"""`streamrec up`, the composition of the whole system on one machine: the services, then
+each plane as a child process of this CLI, waiting on each and showing what it did."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from typing import Annotated
+
+import typer
+
+from streamrec.cli.common import console, print_runs
+from streamrec.settings import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+
+
+def up(
+    dataset: Annotated[str, typer.Option(help="Dataset to stream.")] = "ml-100k",
+    limit: Annotated[int | None, typer.Option(help="Stream only the first N interactions.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second.")] = None,
+    assets: Annotated[bool, typer.Option(help="Fetch the LLM and encoder when missing.")] = True,
+    detach: Annotated[
+        bool,
+        typer.Option(help="Return once everything is stored, leaving the services running."),
+    ] = False,
+    knowledge: Annotated[
+        bool, typer.Option(help="Run the knowledge job once for the catalog.")
+    ] = True,
+    trainer: Annotated[bool, typer.Option(help="Run the online trainer.")] = True,
+) -> None:
+    """The main job: services, schema, data and assets; the stream worker; the dataset
+    streamed as live events until every one is stored in ClickHouse; a first model served;
+    the online trainer, and one knowledge run for the catalog, with a summary of both.
+
+    Then runs until Ctrl-C, which stops everything it started.
+    """
+    from streamrec.datasets import fetch_dataset
+    from streamrec.db import migrate
+    from streamrec.services import LocalServices
+    from streams.replay import replay_dataset
+    from streams.topics import ensure_topics
+
+    settings = get_settings()
+    services = LocalServices(settings)
+    already_running = any(info["running"] for info in services.status().values())
+    children: list[subprocess.Popen] = []
+    # SIGTERM unwinds like Ctrl-C, through the `finally` below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        started = time.perf_counter()
+        services.start()
+        console.print(f"services ready in {time.perf_counter() - started:.1f}s")
+        console.print(f"schema applied: {', '.join(migrate(settings))}")
+        console.print(f"dataset at {fetch_dataset(dataset, settings)}")
+        if assets:
+            from streamrec.assets import fetch_assets
+
+            console.print(f"assets: {fetch_assets(settings)}")
+        ensure_topics(settings)
+        children.append(spawn("stream", "worker"))
+        summary = replay_dataset(settings, dataset, rate=rate, limit=limit)
+        console.print(summary.describe())
+        stored = _wait_for_rows(settings, dataset, summary.interactions, children[0])
+        console.print(f"ClickHouse holds {stored:,} interactions of {dataset}")
+        _ensure_served_model(settings, dataset)
+        children.append(spawn("serve"))
+        _show_recommendations(settings, dataset, children[-1])
+        jobs_since = int(time.time())
+        trainer_child = spawn("worker", "trainer") if trainer else None
+        children.extend([trainer_child] if trainer_child else [])
+        if knowledge:
+            _run_knowledge_once(children)
+        _show_jobs(settings, trainer_child, jobs_since)
+        if detach:
+            console.print("services left running; `streamrec services stop` stops them")
+            return
+        console.print("running; Ctrl-C stops everything")
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+        raise RuntimeError("a plane exited; stopping everything")
+    except KeyboardInterrupt:
+        console.print("interrupted")
+    finally:
+        _stop(children)
+        if not already_running and not detach:
+            console.print("stopping the services started by `up`")
+            services.stop()
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    """Run a CLI command as a child process (same interpreter, same settings)."""
+    from streamrec.services.children import streamrec_command
+
+    return subprocess.Popen(streamrec_command(*args))
+
+
+def _wait_for_rows(settings, dataset: str, expected: int, worker: subprocess.Popen) -> int:
+    """Block until the stream worker has stored `expected` rows of this dataset's replay."""
+    from rich.progress import Progress
+
+    from streams.replay import stored_interactions
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("rows stored in ClickHouse", total=expected)
+        while (stored := stored_interactions(settings, dataset)) < expected:
+            progress.update(task, completed=stored)
+            if worker.poll() is not None:
+                raise RuntimeError(f"the stream worker exited with code {worker.returncode}")
+            time.sleep(0.5)
+    return stored
+
+
+def _ensure_served_model(settings, dataset: str) -> None:
+    """A model to serve: a quick first SASRec when the registry has none of the family yet."""
+    from streamrec.registry import ModelRegistry
+
+    latest = ModelRegistry.from_settings(settings).latest(settings.serving.family)
+    if latest is not None:
+        console.print(f"serving {latest.family}/{latest.version} from the registry")
+        return
+    from serving.first_model import train_first_model
+
+    epochs = settings.serving.first_model_epochs
+    console.print(
+        f"no {settings.serving.family} model in the registry: training a small SASRec on "
+        f"{dataset} for {epochs} epochs (a quick first model; the trainer improves on it)"
+    )
+    version = train_first_model(
+        settings, dataset, epochs, max_users=settings.serving.first_model_max_users
+    )
+    console.print(
+        f"published {version.family}/{version.version} in {version.metadata['train_seconds']}s"
+    )
+
+
+def _show_recommendations(settings, dataset: str, server: subprocess.Popen, users: int = 3) -> None:
+    """Ask the server for a few users' recommendations, and print them."""
+    import grpc
+    from rich.table import Table
+
+    from streamrec.client import RecommenderClient
+    from streamrec.datasets import load_dataset
+
+    data = load_dataset(dataset, settings)
+    titles = {item.external_id: item.title for item in data.items.values()}
+    user_ids = sorted(user.external_id for user in data.users.values())[:users]
+    deadline = time.monotonic() + settings.serving.startup_timeout_s
+    with RecommenderClient.from_settings(settings, host="127.0.0.1") as client:
+        while True:
+            try:
+                answers = {user: client.recommend(user_id=user, k=5) for user in user_ids}
+                break
+            except grpc.RpcError as error:
+                # Still starting, or slow on its first calls (model load, index build).
+                retry = error.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not retry or server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the gRPC server did not answer: {error.details()}"
+                    ) from None
+                time.sleep(0.5)
+    port = settings.serving.port
+    for user, answer in answers.items():
+        source = "cold start: popular items" if answer.cold_start else answer.model_version
+        table = Table(title=f"user {user}: top 5 ({source})")
+        table.add_column("item")
+        table.add_column("title")
+        table.add_column("score", justify="right")
+        for item in answer.items:
+            table.add_row(str(item.item_id), titles.get(item.item_id, ""), f"{item.score:.3f}")
+        console.print(table)
+    console.print(
+        f"gRPC on {settings.serving.host}:{port}; try: grpcurl -plaintext "
+        f'-d \'{{"user_id": {user_ids[0]}, "k": 5}}\' 127.0.0.1:{port} '
+        "streamrec.v1.RecommenderService/Recommend"
+    )
+
+
+def _run_knowledge_once(children: list[subprocess.Popen]) -> None:
+    """One knowledge run for the catalog (`worker knowledge --once`), waited for; a child
+    of `up` meanwhile, so that Ctrl-C stops it too."""
+    console.print("knowledge: one run for the catalog (LLM generate + encode; cached texts reused)")
+    run = spawn("worker", "knowledge", "--once")
+    children.append(run)
+    code = run.wait()
+    children.remove(run)
+    if code != 0:
+        console.print(f"[red]the knowledge run exited with code {code}[/red] (see jobs below)")
+
+
+def _show_jobs(settings, trainer: subprocess.Popen | None, since: float) -> None:
+    """The jobs' summary: the knowledge run and the online trainer's state."""
+    from streamrec.jobs import list_runs
+
+    deadline = time.monotonic() + settings.ops.up_trainer_wait_s
+    trainer_runs = []
+    while trainer is not None and trainer.poll() is None and time.monotonic() < deadline:
+        trainer_runs = [
+            r for r in list_runs(settings, kind="trainer", limit=1) if r.started_at >= since
+        ]
+        if trainer_runs:
+            break
+        time.sleep(1)
+    runs = [*list_runs(settings, kind="knowledge", limit=1), *trainer_runs]
+    if runs:
+        print_runs(runs)
+    if trainer is None:
+        return
+    if trainer.poll() is not None:
+        console.print(f"[red]the online trainer exited with code {trainer.returncode}[/red]")
+    elif trainer_runs:
+        console.print(
+            "online trainer: consuming training-examples (`streamrec jobs list --kind trainer`)"
+        )
+    else:
+        console.print("online trainer: started, still loading its model")
