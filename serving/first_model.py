@@ -51,7 +51,6 @@ def train_first_model(
     """Train a SASRec on `dataset_name`'s training split for `epochs` (on the first
     `max_users` users when that is not 0); publish it as `seralm`."""
     from models.sequential import build_recommender
-    from models.sequential.checkpoint import save_recommender
     from serving.recommender import set_torch_threads
     from streamrec.datasets import load_dataset
 
@@ -84,7 +83,7 @@ def train_first_model(
         [0] + [dataset.items[i].external_id for i in range(1, n_items)], dtype=np.int64
     )
     with TemporaryDirectory(prefix="streamrec-first-model-") as folder:
-        save_recommender(model.eval(), Path(folder), item_ids, extra={"dataset": dataset_name})
+        model.eval().save_pretrained(Path(folder), item_ids, extra={"dataset": dataset_name})
         return ModelRegistry.from_settings(settings).publish(
             "seralm",
             Path(folder),

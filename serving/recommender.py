@@ -8,7 +8,6 @@ A user with no usable history gets popular recent items (cold start).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,20 +63,20 @@ class ServingModel:
 
 
 def load_serving_model(version: ModelVersion, settings: Settings) -> ServingModel:
-    """Load a `seralm` checkpoint folder (contract 1) and index its item vectors."""
+    """Load a `seralm` version (a sequential recommender's artifact) and index its item
+    vectors; a missing or damaged file raises, so the holder keeps the served version."""
     import torch
 
     from models.device import resolve_device
-    from models.sequential.checkpoint import load_recommender
+    from models.sequential import SequentialRecommender
 
     device = str(resolve_device(settings.serving.device))
-    loaded = load_recommender(version.path, device=device)
+    loaded = SequentialRecommender.from_pretrained(version.path, device=device)
     model = loaded.model.to(device).eval()
     with torch.inference_mode():
         vectors = model.item_representations().float().cpu().numpy()
     item_ids = np.asarray(loaded.item_ids, dtype=np.int64)
-    config = json.loads((version.path / "config.json").read_text()).get("config", {})
-    max_length = int(config.get("max_seq_length") or settings.serving.history_length)
+    max_length = model.config.max_seq_length
     return ServingModel(
         version=version.version,
         model=model,

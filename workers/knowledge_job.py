@@ -478,9 +478,9 @@ class KnowledgeJob:
                 "no %s version in the registry: no model to add items to", self.config.job_family
             )
             return None
-        from models.sequential.checkpoint import load_recommender, save_recommender
+        from models.sequential import SequentialRecommender
 
-        loaded = load_recommender(latest.path)
+        loaded = SequentialRecommender.from_pretrained(latest.path)
         known = set(loaded.item_ids.tolist())
         rows = client.execute(
             "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
@@ -515,7 +515,7 @@ class KnowledgeJob:
             "knowledge_items_added": len(new),
         }
         with tempfile.TemporaryDirectory() as folder:
-            save_recommender(loaded.model, Path(folder), item_ids, extra=loaded.extra)
+            loaded.model.save_pretrained(Path(folder), item_ids, extra=loaded.extra)
             version = registry.publish(self.config.job_family, Path(folder), metadata)
         announce(self.settings, version)
         log.info("published %s %s with %d new items", version.family, version.version, len(new))

@@ -217,10 +217,7 @@ def checkpoint_folder(settings: Settings, dataset: str, model: str, variant: str
 
 
 def save_run(run: TrainedRun, data: ProtocolData, folder: Path, extra: dict) -> Path:
-    from models.sequential.checkpoint import save_recommender
-
-    return save_recommender(
-        run.model,
+    return run.model.save_pretrained(
         folder,
         data.item_ids,
         extra={

@@ -174,7 +174,7 @@ class OnlineTrainer:
 
     def load_latest(self, wait: bool = True) -> None:
         """Warm start from the latest version (waiting for one to be published)."""
-        from models.sequential.checkpoint import load_recommender
+        from models.sequential import SequentialRecommender
 
         family = self.config.trainer_family
         version = self.registry.latest(family)
@@ -184,7 +184,7 @@ class OnlineTrainer:
             version = self.registry.latest(family)
         if version is None:
             raise RuntimeError(f"no {family} version in the registry to warm-start from")
-        loaded = load_recommender(version.path, device=self.device)
+        loaded = SequentialRecommender.from_pretrained(version.path, device=self.device)
         self.version = version
         self.model = loaded.model.to(self.device)
         self.model.train()
@@ -330,7 +330,6 @@ class OnlineTrainer:
 
     def evaluate_and_publish(self, stats: CycleStats) -> Decision:
         """Held-out check of the candidate against the published model; publish or roll back."""
-        from models.sequential.checkpoint import save_recommender
         from streamrec.registry import announce
 
         if self.pending:
@@ -369,7 +368,7 @@ class OnlineTrainer:
             return Decision(False, None, metrics)
         offsets = {self.topic: {str(p): o for p, o in sorted(self.absorbed.items())}}
         with tempfile.TemporaryDirectory(prefix="trainer-") as folder:
-            save_recommender(self.model, Path(folder), self.item_ids, extra=self.extra)
+            self.model.save_pretrained(Path(folder), self.item_ids, extra=self.extra)
             version = self.registry.publish(
                 self.config.trainer_family,
                 Path(folder),

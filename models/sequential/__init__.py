@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from models.sequential.base import RecommenderConfig, SequentialRecommender
-from models.sequential.caser import Caser, CaserConfig
-from models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
-from models.sequential.lightsans import LightSANs, LightSANsConfig
-from models.sequential.sasrec import SASRec, SASRecConfig
+from models.sequential.base import LoadedRecommender, RecommenderConfig, SequentialRecommender
+from models.sequential.configuration_caser import CaserConfig
+from models.sequential.configuration_gru4rec import GRU4RecConfig
+from models.sequential.configuration_lightsans import LightSANsConfig
+from models.sequential.configuration_sasrec import SASRecConfig
+from models.sequential.modeling_caser import Caser
+from models.sequential.modeling_gru4rec import GRU4Rec
+from models.sequential.modeling_lightsans import LightSANs
+from models.sequential.modeling_sasrec import SASRec
 
 MODELS: dict[str, type[SequentialRecommender]] = {
     model.name: model for model in (SASRec, LightSANs, Caser, GRU4Rec)
@@ -19,12 +21,7 @@ MODELS: dict[str, type[SequentialRecommender]] = {
 
 def build_config(name: str, config: dict | None = None) -> RecommenderConfig:
     """The model's config dataclass from a dict; an unknown key is an error, not ignored."""
-    model_class = model_class_for(name)
-    fields = {field.name for field in dataclasses.fields(model_class.config_class)}
-    unknown = sorted(set(config or {}) - fields)
-    if unknown:
-        raise ValueError(f"unknown {name} config keys: {', '.join(unknown)}")
-    return model_class.config_class(**(config or {}))
+    return model_class_for(name).config_class.from_dict(config or {})
 
 
 def model_class_for(name: str) -> type[SequentialRecommender]:
@@ -56,6 +53,7 @@ __all__ = [
     "GRU4RecConfig",
     "LightSANs",
     "LightSANsConfig",
+    "LoadedRecommender",
     "RecommenderConfig",
     "SASRec",
     "SASRecConfig",

@@ -10,12 +10,20 @@ the last real position is the user representation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from models import artifacts
 from models.knowledge.fusion import KnowledgeFusion, TextKnowledge
+
+FAMILY = "sequential"
+# The knowledge table's key in model.safetensors (a non-persistent buffer in the model).
+KNOWLEDGE_KEY = "fusion.knowledge"
 
 
 @dataclass
@@ -36,6 +44,21 @@ class RecommenderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The config from a dict; an unknown key is an error, not ignored."""
+        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class LoadedRecommender:
+    model: SequentialRecommender
+    item_ids: np.ndarray  # int64 external item id per model index
+    extra: dict  # what the saver passed as `extra` (dataset, seed, scores...)
 
 
 class SequentialRecommender(nn.Module):
@@ -164,6 +187,51 @@ class SequentialRecommender(nn.Module):
         if count < 1:
             raise ValueError("count must be at least 1")
         self.fusion.extend(count, knowledge)
+
+    # --- the artifact ------------------------------------------------------------
+
+    def save_pretrained(
+        self, folder: Path | str, item_ids: np.ndarray, extra: dict | None = None
+    ) -> Path:
+        folder = Path(folder)
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        if len(item_ids) != self.n_items:
+            raise ValueError(f"{len(item_ids)} item ids for a model of {self.n_items} items")
+        state = {
+            name: tensor
+            for name, tensor in self.state_dict().items()
+            if not name.startswith("fusion.text.")
+        }
+        with torch.no_grad():
+            table = self.fusion.knowledge_table()
+        if table is not None:
+            state[KNOWLEDGE_KEY] = table.float()
+        artifacts.save_tensors(folder, state)
+        artifacts.save_tensors(folder, {"item_ids": torch.from_numpy(item_ids)}, artifacts.IDS_FILE)
+        return artifacts.save_config(
+            folder, FAMILY, self.name, self.config.to_dict(), extra=extra or {}
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str, device: str = "cpu") -> LoadedRecommender:
+        """The saved model in eval mode on `device`, with its item ids; `SASRec.from_pretrained`
+        refuses another model's folder, `SequentialRecommender.from_pretrained` takes any."""
+        from models.sequential import build_recommender, model_class_for
+
+        folder = Path(folder)
+        document = artifacts.load_config(folder, FAMILY)
+        model_type = document["model_type"]
+        if not issubclass(model_class_for(model_type), cls):
+            raise artifacts.ArtifactError(f"{folder} holds a {model_type} model, not {cls.name}")
+        state = artifacts.load_tensors(folder)
+        item_ids = artifacts.load_tensors(folder, artifacts.IDS_FILE)["item_ids"].numpy()
+        knowledge = state.pop(KNOWLEDGE_KEY, None)
+        model = build_recommender(model_type, len(item_ids), document["config"], knowledge)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise artifacts.ArtifactError(f"{folder}: weights do not fit: {error}") from error
+        return LoadedRecommender(model.to(device).eval(), item_ids, document["extra"])
 
 
 def padding_mask(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:

@@ -88,13 +88,12 @@ def world(services, tmp_path_factory):
     ensure_topics(settings)
     # The recommender in service before the new items: knowledge-aware, three items.
     from models.sequential import build_recommender
-    from models.sequential.checkpoint import save_recommender
 
     torch.manual_seed(0)
     knowledge = torch.nn.functional.normalize(torch.randn(len(KNOWN_ITEMS) + 1, ENCODER_DIM), dim=1)
     knowledge[0] = 0
     model = build_recommender("sasrec", len(KNOWN_ITEMS) + 1, dict(TINY_SASREC), knowledge)
-    save_recommender(model, folder / "v1", np.asarray([0, *KNOWN_ITEMS], dtype=np.int64))
+    model.save_pretrained(folder / "v1", np.asarray([0, *KNOWN_ITEMS], dtype=np.int64))
     first = ModelRegistry.from_settings(settings).publish("seralm", folder / "v1", {"note": "base"})
     return {"settings": settings, "environment": environment, "folder": folder, "first": first}
 
@@ -140,7 +139,7 @@ async def _recommend(settings: Settings, request) -> recommender_pb2.RecommendRe
 
 
 def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_path):
-    from models.sequential.checkpoint import load_recommender
+    from models.sequential import SequentialRecommender
     from workers.knowledge_job import KnowledgeJob
 
     settings = world["settings"]
@@ -176,9 +175,9 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     assert version.version == outcome.published
     assert version.metadata["parent"] == world["first"].version
     assert version.metadata["llm_version"] == job.llm.version
-    loaded = load_recommender(version.path)
+    loaded = SequentialRecommender.from_pretrained(version.path)
     assert loaded.item_ids.tolist() == [0, *KNOWN_ITEMS, NEW_ITEM]
-    np.testing.assert_allclose(np.load(version.path / "knowledge.npy")[-1], vector, atol=1e-6)
+    np.testing.assert_allclose(loaded.model.fusion.knowledge[-1].numpy(), vector, atol=1e-6)
     scores = loaded.model.full_scores(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
     assert torch.isfinite(scores[0, -1])
 
@@ -190,6 +189,7 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     assert [item.item_id for item in reply.items] == [NEW_ITEM]  # the others are history
     assert np.isfinite(reply.items[0].score)
 
+    from models.sequential import SequentialRecommender
     # Nothing is missing any more: a second run does nothing and publishes nothing.
     again = job.run_once()
     assert (again.requested, again.ok, again.published) == (0, 0, None)
@@ -245,5 +245,5 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
     rows = [item for item, _, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
     assert sorted(rows) == BACKFILL  # every item, each exactly once
     published = ModelRegistry.from_settings(settings).get("seralm", outcome.published)
-    ids = np.load(published.path / "item_ids.npy").tolist()
+    ids = SequentialRecommender.from_pretrained(published.path).item_ids.tolist()
     assert set(BACKFILL) <= set(ids) and len(ids) == len(set(ids))

@@ -68,7 +68,6 @@ def one_torch_thread():
 def offline_folder(tmp_path_factory):
     """A tiny SASRec trained offline on the walk (once for the module)."""
     from models.sequential import build_recommender
-    from models.sequential.checkpoint import save_recommender
 
     torch.manual_seed(0)
     model = build_recommender("sasrec", n_items=len(CATALOG) + 1, config=TINY_SASREC)
@@ -82,7 +81,7 @@ def offline_folder(tmp_path_factory):
         loss.backward()
         optimizer.step()
     folder = tmp_path_factory.mktemp("offline")
-    save_recommender(model, folder, np.array([0, *CATALOG], dtype=np.int64))
+    model.save_pretrained(folder, np.array([0, *CATALOG], dtype=np.int64))
     return folder
 
 
@@ -131,6 +130,7 @@ def produce(settings, messages: int, items: list[int], seed: int) -> None:
 
 def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(trainer_settings):
     from streamrec.registry import ModelRegistry
+    from models.sequential import SequentialRecommender
     from workers.trainer import OnlineTrainer
 
     settings, first = trainer_settings
@@ -151,7 +151,7 @@ def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(traine
     offsets = latest.metadata["kafka_offsets"][settings.kafka.training_examples_topic]
     assert {int(p): o for p, o in offsets.items()} == trainer.absorbed
     assert 0 < sum(offsets.values()) <= 10
-    item_ids = np.load(latest.path / "item_ids.npy")
+    item_ids = SequentialRecommender.from_pretrained(latest.path).item_ids
     assert set(NEW_ITEMS) <= set(item_ids.tolist())  # the tables grew for the new items
     [run] = list_runs(settings, kind="trainer")
     assert run.status == SUCCEEDED and run.items_ok == metrics["examples_trained"]

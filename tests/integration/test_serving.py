@@ -81,9 +81,7 @@ def _train_tiny_sasrec(sequences: dict[int, list[int]], steps: int = 60):
 
 
 def _publish(registry: ModelRegistry, model, item_ids, folder, note: str):
-    from models.sequential.checkpoint import save_recommender
-
-    save_recommender(model, folder, np.asarray(item_ids, dtype=np.int64))
+    model.save_pretrained(folder, np.asarray(item_ids, dtype=np.int64))
     return registry.publish("seralm", folder, {"metrics": {}, "note": note})
 
 

@@ -5,11 +5,15 @@ causal all-positions objective, and the contract's edge cases."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from models.artifacts import ArtifactError
 from models.metrics import ranks_from_scores
-from models.sequential import build_recommender
+from models.sequential import SequentialRecommender, build_recommender
 
 N_ITEMS = 31  # padding + 30 real items
 LENGTH = 8
@@ -138,3 +142,36 @@ def check_knowledge_only_item(name: str, config: dict):
     loss.backward()
     assert torch.isfinite(loss)
     assert model.fusion.item_embedding.weight.grad[N_ITEMS].abs().sum() > 0
+
+
+def check_round_trip(name: str, config: dict, folder: Path):
+    """save_pretrained / from_pretrained keep the scores, the knowledge table (with the items
+    added after training) and the ids, in safetensors and JSON only; a damaged file is refused."""
+    torch.manual_seed(0)
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge())
+    train_on_walks(model, steps=5)
+    model.extend_items(2, knowledge(2, seed=9))
+    item_ids = np.arange(N_ITEMS + 2, dtype=np.int64) * 10
+    model.save_pretrained(folder, item_ids, extra={"dataset": "toy"})
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "ids.safetensors",
+        "model.safetensors",
+    ]
+    loaded = SequentialRecommender.from_pretrained(folder)
+    history, lengths = torch.tensor([[1, 2, N_ITEMS + 1, 0, 0, 0, 0, 0]]), torch.tensor([3])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.model.full_scores(history, lengths), model.full_scores(history, lengths)
+        )
+    torch.testing.assert_close(loaded.model.fusion.knowledge, model.fusion.knowledge)
+    assert type(loaded.model) is type(model) and not loaded.model.training
+    assert loaded.extra == {"dataset": "toy"}
+    np.testing.assert_array_equal(loaded.item_ids, item_ids)
+    other = "gru4rec" if name != "gru4rec" else "sasrec"
+    with pytest.raises(ArtifactError, match=f"holds a {name} model"):
+        type(build_recommender(other, N_ITEMS)).from_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a truncated copy
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        SequentialRecommender.from_pretrained(folder)

@@ -7,8 +7,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from models.knowledge.fusion import KnowledgeFusion, TextKnowledge
-from models.sequential import build_recommender
-from models.sequential.checkpoint import load_recommender, save_recommender
+from models.sequential import SequentialRecommender, build_recommender
 
 TINY = {
     "hidden_size": 16,
@@ -104,11 +103,11 @@ def test_text_encoder_is_fine_tuned_jointly_and_saved_as_vectors(tmp_path):
     assert any(name.startswith("encoder.layer.0") for name in changed)
 
     model.eval()
-    save_recommender(model, tmp_path, np.arange(n_items))
-    vectors = np.load(tmp_path / "knowledge.npy")
+    model.save_pretrained(tmp_path, np.arange(n_items))
+    loaded = SequentialRecommender.from_pretrained(tmp_path).model  # the pre-encoded form
+    vectors = loaded.fusion.knowledge.numpy()
     assert vectors.shape == (n_items, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors[1:], axis=1), 1.0, rtol=1e-5)
-    loaded = load_recommender(tmp_path).model  # the pre-encoded form serving uses
     assert loaded.fusion.text is None
     history, lengths = torch.tensor([[2, 3, 0, 0, 0, 0]]), torch.tensor([2])
     with torch.no_grad():

@@ -6,6 +6,7 @@ from tests.unit.recommender_helpers import (
     check_knowledge_only_item,
     check_learns_successor,
     check_padded_history_scores_finite,
+    check_round_trip,
 )
 
 TINY = {
@@ -30,3 +31,7 @@ def test_padded_and_empty_histories_get_finite_scores():
 
 def test_knowledge_only_item_gets_a_finite_score():
     check_knowledge_only_item("gru4rec", TINY)
+
+
+def test_save_pretrained_round_trip_keeps_scores_and_knowledge(tmp_path):
+    check_round_trip("gru4rec", TINY, tmp_path)

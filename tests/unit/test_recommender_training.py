@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from models.sequential.checkpoint import load_recommender
+from models.sequential import SequentialRecommender
 from models.training import training_windows
 from streamrec.cli import app
 from streamrec.datasets.splits import leave_one_out
@@ -109,7 +109,7 @@ def test_a_seed_trains_to_early_stopping_and_is_saved(tmp_path):
         "mrr@10",
     }
     assert runs[0].fit.best_epoch <= runs[0].fit.epochs_run
-    loaded = load_recommender(folder)
+    loaded = SequentialRecommender.from_pretrained(folder)
     assert loaded.extra["seed"] == 0 and loaded.extra["variant"] == "base"
     assert loaded.extra["test"] == runs[0].test
     np.testing.assert_array_equal(loaded.item_ids, data.item_ids)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from models.sequential import build_recommender
-from models.sequential.checkpoint import load_recommender, save_recommender
 from tests.unit.recommender_helpers import (
     N_ITEMS,
     check_knowledge_only_item,
     check_learns_successor,
     check_padded_history_scores_finite,
-    knowledge,
+    check_round_trip,
 )
 
 TINY = {
@@ -43,25 +39,8 @@ def test_knowledge_only_item_gets_a_finite_score():
     check_knowledge_only_item("sasrec", TINY)
 
 
-def test_checkpoint_round_trip_keeps_scores_and_knowledge(tmp_path):
-    torch.manual_seed(0)
-    table = knowledge()
-    model = build_recommender("sasrec", N_ITEMS, TINY, knowledge=table).eval()
-    item_ids = np.arange(N_ITEMS, dtype=np.int64) * 10
-    save_recommender(model, tmp_path, item_ids, extra={"dataset": "toy"})
-    loaded = load_recommender(tmp_path)
-    history, lengths = torch.tensor([[1, 2, 3, 0, 0, 0, 0, 0]]), torch.tensor([3])
-    with torch.no_grad():
-        torch.testing.assert_close(
-            loaded.model.full_scores(history, lengths), model.full_scores(history, lengths)
-        )
-    assert loaded.extra == {"dataset": "toy"}
-    np.testing.assert_array_equal(loaded.item_ids, item_ids)
-    np.testing.assert_array_equal(np.load(tmp_path / "knowledge.npy"), table.numpy())
-    # knowledge.npy is the truth: a rewritten table (alignment does that) is what loads.
-    np.save(tmp_path / "knowledge.npy", np.zeros_like(table.numpy()))
-    reloaded = load_recommender(tmp_path).model
-    assert reloaded.fusion.knowledge.abs().sum() == 0
+def test_save_pretrained_round_trip_keeps_scores_and_knowledge(tmp_path):
+    check_round_trip("sasrec", TINY, tmp_path)
 
 
 def test_unknown_config_key_is_an_error():

@@ -342,9 +342,10 @@ def _recommender(settings, dataset, table, checkpoint: str, device, seed: int):
 
     alignment = settings.alignment
     if checkpoint:
-        from models.sequential.checkpoint import load_recommender
+        from models.sequential import SequentialRecommender
 
-        return load_recommender(Path(checkpoint), device=str(device)).model.to(device)
+        loaded = SequentialRecommender.from_pretrained(Path(checkpoint), device=str(device))
+        return loaded.model.to(device)
     torch.manual_seed(seed)
     model = build_recommender(alignment.recommender, dataset.num_items + 1, knowledge=table)
     kind = "with" if table is not None else "without"
@@ -434,14 +435,11 @@ def run_summary(run: AlignmentRun, window: int) -> dict:
     }
 
 
-def publish_outputs(
-    settings, prepared: Prepared, aligned_table: torch.Tensor, metrics: dict, summary: dict
-) -> tuple:
+def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) -> tuple:
     """The adapter as an `llm-adapter` version, then the aligned Rec (with the aligned
     knowledge) as a `seralm` version that names it; announced on `model-updates`."""
     import tempfile
 
-    from models.sequential.checkpoint import save_recommender
     from streamrec.registry import ModelRegistry, announce
 
     registry = ModelRegistry.from_settings(settings)
@@ -458,13 +456,10 @@ def publish_outputs(
             {"metrics": metrics, "llm_version": base_llm, "alignment": alignment, "run": summary},
         )
         recommender_folder = Path(scratch) / "seralm"
-        save_recommender(
-            prepared.parts.recommender,
-            recommender_folder,
-            prepared.item_ids,
-            extra={"aligned_with": adapter.version},
+        # The recommender holds the aligned table (set by run_job): it is what is saved.
+        prepared.parts.recommender.save_pretrained(
+            recommender_folder, prepared.item_ids, extra={"aligned_with": adapter.version}
         )
-        np.save(recommender_folder / "knowledge.npy", aligned_table.numpy().astype(np.float32))
         seralm = registry.publish(
             "seralm",
             recommender_folder,
@@ -511,7 +506,7 @@ def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True
     )
     result = {"dataset": dataset_name, "metrics": metrics, "run": summary}
     if publish:
-        adapter, seralm = publish_outputs(settings, prepared, aligned_table, metrics, summary)
+        adapter, seralm = publish_outputs(settings, prepared, metrics, summary)
         result["llm_adapter_version"] = adapter.version
         result["llm_adapter_path"] = str(adapter.path)
         result["seralm_version"] = seralm.version

@@ -11,20 +11,11 @@ user never seen in training is served the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from models.sequential.base import RecommenderConfig, SequentialRecommender, padding_mask
-
-
-@dataclass
-class CaserConfig(RecommenderConfig):
-    window: int = 5  # Caser's L: the items each position's convolutions see
-    n_h: int = 16  # horizontal filters per height 1..window
-    n_v: int = 4  # vertical filters
-    dropout_prob: float = 0.4
+from models.sequential.base import SequentialRecommender, padding_mask
+from models.sequential.configuration_caser import CaserConfig
 
 
 class Caser(SequentialRecommender):

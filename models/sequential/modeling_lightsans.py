@@ -11,31 +11,20 @@ causally for the all-positions objective: position t's interests aggregate items
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.sequential.base import (
-    RecommenderConfig,
     SequentialRecommender,
     masked_softmax,
     padding_mask,
 )
+from models.sequential.configuration_lightsans import LightSANsConfig
 from models.sequential.transformer import TransformerBlock, causal_allowed
 
 # exp(-60) is still a normal float32: every real position keeps a positive softmax sum.
 MIN_LOGIT_GAP = -60.0
-
-
-@dataclass
-class LightSANsConfig(RecommenderConfig):
-    n_layers: int = 2
-    n_heads: int = 2
-    k_interests: int = 5
-    inner_size: int = 256
-    attn_dropout_prob: float = 0.2
-    layer_norm_eps: float = 1e-12
 
 
 class LowRankCausalAttention(nn.Module):

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from models.sequential.base import RecommenderConfig, SequentialRecommender
+from models.sequential.base import SequentialRecommender
+from models.sequential.configuration_sasrec import SASRecConfig
 from models.sequential.transformer import (
     MultiHeadSelfAttention,
     TransformerBlock,
     causal_allowed,
 )
-
-
-@dataclass
-class SASRecConfig(RecommenderConfig):
-    n_layers: int = 2
-    n_heads: int = 2
-    inner_size: int = 256
-    attn_dropout_prob: float = 0.2
-    layer_norm_eps: float = 1e-12
 
 
 class SASRec(SequentialRecommender):

@@ -3,18 +3,11 @@ over the item sequence; its state after each item is that position's output."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from models.sequential.base import RecommenderConfig, SequentialRecommender
-
-
-@dataclass
-class GRU4RecConfig(RecommenderConfig):
-    gru_hidden_size: int = 128
-    num_layers: int = 1
+from models.sequential.base import SequentialRecommender
+from models.sequential.configuration_gru4rec import GRU4RecConfig
 
 
 class GRU4Rec(SequentialRecommender):
