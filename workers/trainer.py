@@ -12,8 +12,10 @@ worker) as the consumer group `workers.trainer_group`, and:
   seen (its input initialised from its ClickHouse `item_knowledge` vector
   through the fusion layer, when there is one);
 - every N steps or T seconds evaluates the candidate and the last published
-  model on the held-out examples, and publishes the candidate only when its
-  NDCG@10 does not regress beyond the tolerance; otherwise the candidate is
+  model on the held-out examples under the evaluation protocol
+  (`models.metrics`), and publishes the candidate only when its scores are
+  sane (no NaN, not constant) and its NDCG@10 does not regress beyond the
+  tolerance; otherwise the candidate is
   dropped and training restarts from the published weights. When another job
   (the knowledge job, alignment) has published a newer version meanwhile, the
   trainer continues from that version instead of overwriting it.
@@ -45,6 +47,8 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
 from models.device import resolve_device
+from models.metrics import ndcg
+from models.training import RankingTask, screened_ranks
 from streamrec.db import connect
 from streamrec.jobs import JobRecorder
 from streamrec.services import kafka_bootstrap
@@ -90,6 +94,8 @@ class Decision:
     metrics: dict
     # Set when another job published first: the cycle's candidate was dropped for that version.
     rebased_on: str | None = None
+    # Why the candidate was rejected (NaN or constant scores, or a regression).
+    reason: str | None = None
 
 
 def is_held_out(event_id: str, fraction: float) -> bool:
@@ -97,23 +103,19 @@ def is_held_out(event_id: str, fraction: float) -> bool:
     return zlib.crc32(event_id.encode()) % 10_000 < fraction * 10_000
 
 
-def ndcg_at(model: torch.nn.Module, examples: list[Example], max_len: int, device: str) -> float:
-    """NDCG@10 of the full ranking of every item (padding excluded) for `examples`."""
+def heldout_ndcg(
+    model: torch.nn.Module, examples: list[Example], max_len: int
+) -> tuple[float, str | None]:
+    """NDCG@10 of `examples` under the protocol (every item ranked, padding and the items of
+    each example's history masked, ties and NaN pessimistic), and why the model must not be
+    published whatever its ranks say (NaN or constant scores), else None."""
     if not examples:
-        return 0.0
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, len(examples), 256):
-            seqs, lens, targets = to_tensors(examples[start : start + 256], max_len, device)
-            scores = model.full_scores(seqs, lens).float()
-            scores[:, 0] = float("-inf")
-            target_scores = scores.gather(1, targets.unsqueeze(1))
-            ranks = (scores > target_scores).sum(dim=1) + 1
-            hits = ranks <= CUTOFF
-            total += float((hits.float() / torch.log2(ranks.float() + 1)).sum())
+        return 0.0, None
+    histories, lengths, targets = to_tensors(examples, max_len, "cpu")
+    task = RankingTask(histories, lengths, targets, [example.history for example in examples])
+    ranks, problem = screened_ranks(model, task, batch_size=256)
     model.train()
-    return total / len(examples)
+    return ndcg(ranks, CUTOFF), problem
 
 
 def to_tensors(examples: list[Example], max_len: int, device: str):
@@ -339,8 +341,8 @@ class OnlineTrainer:
             return Decision(False, None, {"examples_trained": stats.trained}, rebased_on)
         held_out = list(self.holdout)
         max_len = self.config.trainer_max_history
-        candidate = ndcg_at(self.model, held_out, max_len, self.device)
-        published = ndcg_at(self.baseline, held_out, max_len, self.device)
+        candidate, problem = heldout_ndcg(self.model, held_out, max_len)
+        published, _ = heldout_ndcg(self.baseline, held_out, max_len)
         elapsed = time.monotonic() - stats.started
         metrics = {
             "heldout_ndcg@10": candidate,
@@ -354,18 +356,19 @@ class OnlineTrainer:
         HELDOUT_NDCG.set(candidate)
         EXAMPLES_PER_S.set(metrics["examples_per_s"])
         tolerance = self.config.trainer_regression_tolerance
-        if candidate < published - tolerance:
-            VERSIONS.labels("rejected").inc()
-            log.warning(
-                "candidate rejected: held-out NDCG@10 %.4f < %.4f - %.4f",
-                candidate,
-                published,
-                tolerance,
+        if problem or candidate < published - tolerance:
+            reason = (
+                f"candidate rejected: {problem} on the held-out examples"
+                if problem
+                else f"candidate rejected: held-out NDCG@10 {candidate:.4f} below the "
+                f"published {published:.4f} minus the tolerance {tolerance}"
             )
+            VERSIONS.labels("rejected").inc()
+            log.warning("%s", reason)
             self.model = copy.deepcopy(self.baseline)
             self.model.train()
             self._new_optimizer()
-            return Decision(False, None, metrics)
+            return Decision(False, None, metrics, reason=reason)
         offsets = {self.topic: {str(p): o for p, o in sorted(self.absorbed.items())}}
         with tempfile.TemporaryDirectory(prefix="trainer-") as folder:
             self.model.save_pretrained(Path(folder), self.item_ids, extra=self.extra)
@@ -440,13 +443,8 @@ class OnlineTrainer:
                 return None
             decision = self.evaluate_and_publish(stats)
             report()
-            if not decision.published and not decision.rebased_on:
-                m = decision.metrics
-                run.fail(
-                    f"candidate rejected: held-out NDCG@10 {m['heldout_ndcg@10']:.4f} below the "
-                    f"published {m['parent_heldout_ndcg@10']:.4f} minus the tolerance "
-                    f"{self.config.trainer_regression_tolerance}"
-                )
+            if decision.reason:
+                run.fail(decision.reason)
             return decision
 
     def _publish_due(self, stats: CycleStats) -> bool:
