@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.genrec import GenRec, save_genrec
+from models.genrec import GenRec
 from models.metrics import ranking_metrics
 from models.training import RankingTask, rank_targets
 from streamrec.datasets import load_dataset
@@ -266,7 +266,7 @@ def _serving_row(args, settings, chosen, dataset, model, test, seeds, knobs) -> 
     """GenRecService latency with the last trained model, histories in the request."""
     with tempfile.TemporaryDirectory() as scratch:
         item_ids, user_ids = item_and_user_ids(dataset)
-        folder = save_genrec(model, Path(scratch) / "genrec", item_ids, user_ids)
+        folder = model.save_pretrained(Path(scratch) / "genrec", item_ids, user_ids)
         serving_settings = settings.model_copy(
             update={
                 "genrec": chosen,

@@ -49,10 +49,10 @@ class ServingGenRec:
 
 def load_serving_genrec(version: ModelVersion, settings: Settings) -> ServingGenRec:
     from models.device import resolve_device
-    from models.genrec import load_genrec
+    from models.genrec import GenRec
 
     device = str(resolve_device(settings.serving.device))
-    loaded = load_genrec(version.path, device=device)
+    loaded = GenRec.from_pretrained(version.path, device=device)
     return ServingGenRec(
         version=version.version,
         model=loaded.model,

@@ -283,7 +283,6 @@ def run_training_job(
     import time
     from pathlib import Path
 
-    from models.genrec import save_genrec
     from streamrec.datasets import load_dataset
     from streamrec.registry import ModelRegistry, announce
 
@@ -300,8 +299,7 @@ def run_training_job(
     if publish:
         item_ids, user_ids = item_and_user_ids(dataset)
         with tempfile.TemporaryDirectory() as scratch:
-            folder = save_genrec(
-                model,
+            folder = model.save_pretrained(
                 Path(scratch) / "genrec",
                 item_ids,
                 user_ids,

@@ -6,8 +6,6 @@ from models.genrec.modeling_genrec import (
     Generated,
     GenRec,
     LoadedGenRec,
-    load_genrec,
-    save_genrec,
 )
 from models.genrec.tokenization import DigitTokenizer, GenRecTokenizer, build_tokenizer
 from models.genrec.trie import ItemTrie
@@ -22,6 +20,4 @@ __all__ = [
     "ItemTrie",
     "LoadedGenRec",
     "build_tokenizer",
-    "load_genrec",
-    "save_genrec",
 ]

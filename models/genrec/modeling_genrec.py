@@ -5,29 +5,29 @@ of a user or an item, that ID's embedding (one table for users, one for
 items; every sub-token of an ID gets the same row); BART adds the position
 embedding itself. The decoder spells the next item's sub-tokens, and beam
 search walks the catalog's item trie so every generated item exists.
+
+`save_pretrained` / `from_pretrained` keep a model in the shared artifact folder
+(`models/artifacts.py`): config.json, model.safetensors, ids.safetensors (the external
+item and user id of each index) and the tokenizer's files.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import BartConfig, BartForConditionalGeneration
 
+from models import artifacts
 from models.genrec.configuration_genrec import GenRecConfig
 from models.genrec.tokenization import GenRecTokenizer, build_tokenizer, load_tokenizer
 from models.genrec.trie import ItemTrie
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
-ITEM_IDS_FILE = "item_ids.npy"
-USER_IDS_FILE = "user_ids.npy"
+FAMILY = "genrec"
 # BART's learned positions start at this offset (its embedding table has two extra rows).
 BART_POSITION_OFFSET = 2
 
@@ -121,6 +121,41 @@ class GenRec(nn.Module):
         if config.bart_path:
             bart = BartForConditionalGeneration.from_pretrained(config.bart_path)
         return cls(config, tokenizer, bart)
+
+    def save_pretrained(
+        self,
+        folder: Path | str,
+        item_ids: np.ndarray,
+        user_ids: np.ndarray,
+        extra: dict | None = None,
+    ) -> Path:
+        """A self-contained folder (the unit the registry versions)."""
+        folder = Path(folder)
+        artifacts.save_module(folder, self)
+        ids = {
+            "item_ids": torch.as_tensor(np.asarray(item_ids, dtype=np.int64)),
+            "user_ids": torch.as_tensor(np.asarray(user_ids, dtype=np.int64)),
+        }
+        artifacts.save_tensors(folder, ids, artifacts.IDS_FILE)
+        self.tokenizer.save(folder)
+        return artifacts.save_config(
+            folder, FAMILY, FAMILY, self.config.to_dict(), extra=extra or {}
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str, device: str = "cpu") -> LoadedGenRec:
+        """The saved model in eval mode on `device`, with its id maps."""
+        folder = Path(folder)
+        document = artifacts.load_config(folder, FAMILY)
+        model = cls(GenRecConfig.from_dict(document["config"]), load_tokenizer(folder))
+        artifacts.load_module(folder, model, device=device)
+        ids = artifacts.load_tensors(folder, artifacts.IDS_FILE)
+        return LoadedGenRec(
+            model.to(device).eval(),
+            ids["item_ids"].numpy(),
+            ids["user_ids"].numpy(),
+            document["extra"],
+        )
 
     @property
     def device(self) -> torch.device:
@@ -311,43 +346,3 @@ class LoadedGenRec:
     item_ids: np.ndarray  # external item id per model index (0 at index 0)
     user_ids: np.ndarray  # external user id per model index (0 at index 0)
     extra: dict
-
-
-def save_genrec(
-    model: GenRec,
-    folder: Path,
-    item_ids: np.ndarray,
-    user_ids: np.ndarray,
-    extra: dict | None = None,
-) -> Path:
-    """A self-contained checkpoint folder (the unit the registry versions)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    document = {"model": "genrec", "config": model.config.to_dict(), **(extra or {})}
-    (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2))
-    save_model(model, str(folder / WEIGHTS_FILE))
-    np.save(folder / ITEM_IDS_FILE, np.asarray(item_ids, dtype=np.int64))
-    np.save(folder / USER_IDS_FILE, np.asarray(user_ids, dtype=np.int64))
-    model.tokenizer.save(folder)
-    return folder
-
-
-def load_genrec(folder: Path, device: str = "cpu") -> LoadedGenRec:
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{folder} is not a GenRec checkpoint (no {CONFIG_FILE})")
-    document = json.loads((folder / CONFIG_FILE).read_text())
-    if document.get("model") != "genrec":
-        raise ValueError(f"{folder} holds a {document.get('model')!r} model, not genrec")
-    config = GenRecConfig.from_dict(document.pop("config"))
-    document.pop("model")
-    tokenizer = load_tokenizer(folder)
-    model = GenRec(config, tokenizer)
-    load_model(model, str(folder / WEIGHTS_FILE), device=device)
-    model.to(device).eval()
-    return LoadedGenRec(
-        model,
-        np.load(folder / ITEM_IDS_FILE),
-        np.load(folder / USER_IDS_FILE),
-        document,
-    )

@@ -137,8 +137,7 @@ def load_tokenizer(folder: Path) -> GenRecTokenizer:
     vocab_file = folder / VOCAB_FILE
     if vocab_file.exists():
         saved = json.loads(vocab_file.read_text())
-        # Files written before pieces existed spelled IDs digit by digit.
-        return DigitTokenizer(saved["n_users"], saved["n_items"], saved.get("piece_digits", 1))
+        return DigitTokenizer(saved["n_users"], saved["n_items"], saved["piece_digits"])
     from transformers import AutoTokenizer
 
     return PretrainedTokenizer(AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER))

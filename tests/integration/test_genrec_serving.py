@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.genrec import DigitTokenizer, GenRec, GenRecConfig, save_genrec
+from models.genrec import DigitTokenizer, GenRec, GenRecConfig
 from serving.genrec import GenRecServicer
 from serving.server import GENREC, start_server
 from streamrec.db import migrate
@@ -54,7 +54,9 @@ def _tiny_genrec(seed: int) -> GenRec:
 
 def _publish(registry: ModelRegistry, folder, seed: int):
     zero = np.zeros(1, dtype=np.int64)
-    save_genrec(_tiny_genrec(seed), folder, np.r_[zero, ITEMS], np.r_[zero, USERS], {"seed": seed})
+    _tiny_genrec(seed).save_pretrained(
+        folder, np.r_[zero, ITEMS], np.r_[zero, USERS], {"seed": seed}
+    )
     return registry.publish("genrec", folder, {"metrics": {}})
 
 

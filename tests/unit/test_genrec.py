@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.genrec import DigitTokenizer, GenRec, GenRecConfig, load_genrec, save_genrec
+from models.artifacts import ArtifactError
+from models.genrec import DigitTokenizer, GenRec, GenRecConfig
 from models.genrec.tokenization import PretrainedTokenizer, load_tokenizer
 from streamrec.datasets.splits import leave_one_out
 from streamrec.settings import GenRecSettings
@@ -257,17 +258,33 @@ def test_train_genrec_pretrains_then_fine_tunes_against_validation():
     assert VALID_NDCG.labels("genrec")._value.get() == tuning["valid"][-1]
 
 
-def test_checkpoint_round_trip_generates_the_same(tmp_path):
+def test_save_pretrained_round_trip_generates_the_same(tmp_path):
     model = tiny_model().eval()
     item_ids = np.arange(N_ITEMS, dtype=np.int64) * 10
     user_ids = np.arange(N_USERS, dtype=np.int64) + 100
-    save_genrec(model, tmp_path / "ckpt", item_ids, user_ids, {"metrics": {"ndcg@10": 0.5}})
-    loaded = load_genrec(tmp_path / "ckpt")
+    folder = tmp_path / "genrec"
+    model.save_pretrained(folder, item_ids, user_ids, {"metrics": {"ndcg@10": 0.5}})
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "config.json",
+        "genrec_vocab.json",
+        "ids.safetensors",
+        "model.safetensors",
+    ]
+    loaded = GenRec.from_pretrained(folder)
     assert loaded.extra["metrics"] == {"ndcg@10": 0.5}
     np.testing.assert_array_equal(loaded.item_ids, item_ids)
     np.testing.assert_array_equal(loaded.user_ids, user_ids)
     batch = model.encode([1], [[2, 3]])
     assert loaded.model.generate(batch, 5, 5) == model.generate(batch, 5, 5)
+    # One changed byte, the size kept: refused by the hash config.json holds.
+    weights = bytearray((folder / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ArtifactError, match="corrupt: model.safetensors"):
+        GenRec.from_pretrained(folder)
+    (folder / "ids.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="ids.safetensors is missing"):
+        GenRec.from_pretrained(folder)
 
 
 def test_next_item_examples_keep_the_last_items():
@@ -329,6 +346,6 @@ def test_a_bart_checkpoint_by_path_brings_its_tokenizer(tmp_path):
     (found,) = model.generate(batch, k=6, beam_size=6)
     assert len(set(found.items)) == 6 and all(0 < i < N_ITEMS for i in found.items)
     zero = np.zeros(1, dtype=np.int64)
-    save_genrec(model, tmp_path / "ckpt", np.r_[zero, np.arange(1, N_ITEMS)], np.arange(N_USERS))
-    loaded = load_genrec(tmp_path / "ckpt").model
+    model.save_pretrained(tmp_path / "ckpt", np.r_[zero, np.arange(1, N_ITEMS)], np.arange(N_USERS))
+    loaded = GenRec.from_pretrained(tmp_path / "ckpt").model
     assert loaded.generate(batch, k=6, beam_size=6) == [found]
