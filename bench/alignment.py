@@ -46,6 +46,7 @@ from workers.alignment.job import (
     run_summary,
     set_knowledge,
 )
+from workers.recommender_training import protocol_data
 
 log = logging.getLogger("bench.alignment")
 
@@ -109,12 +110,12 @@ def _seed_rows(settings, args, seed: int) -> tuple[dict[str, dict], dict, dict]:
     prepared = prepare(settings, args.dataset)
     parts, dataset = prepared.parts, prepared.dataset
     log.info("seed %d: prepared in %.0fs", seed, time.perf_counter() - started)
-    test, device = dataset.splits["test"], parts.device
+    test = protocol_data(dataset).test
     table_name = knowledge_table_name(parts.recommender, prepared.table)
     items = _popular_items(dataset, args.regenerate_items)
 
     def score(model) -> dict:
-        return evaluate(model, test, device, args.eval_users, seed)
+        return evaluate(model, test, args.eval_users, seed)
 
     metrics = {"base": score(parts.frozen_recommender), "na_llm": score(parts.recommender)}
     na_rec = copy.deepcopy(parts.recommender)

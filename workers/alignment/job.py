@@ -10,7 +10,8 @@ here. The pieces, in order:
 3. the LLM gets LoRA adapters; Algorithm 1 runs (async or sync);
 4. the knowledge of the evaluated items is regenerated with the aligned LLM
    (greedy, with the knowledge engineer's prompt and parser), and Rec is
-   evaluated on it under the project's protocol (full ranking, history masked);
+   evaluated on it under the project's protocol (full ranking, every earlier item of
+   the user masked: `models.training.evaluate` on `protocol_data`'s test task);
 5. outputs: the adapter (`save_pretrained`) and the aligned Rec as registry
    versions (`llm-adapter`, `seralm`).
 """
@@ -18,7 +19,6 @@ here. The pieces, in order:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,6 @@ from workers.alignment.generator import AlignmentTask, KnowledgeSampler, Samplin
 from workers.alignment.trainer import AlignmentRun, AlignmentTrainer, TrainerConfig
 
 log = logging.getLogger(__name__)
-
-METRIC_CUTOFFS = (5, 10, 20)
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -120,11 +118,17 @@ class Encoder:
         return self.text_encoder.encode(texts, batch_size=self.batch_size)
 
 
+def sample_rows(count: int, limit: int = 0, seed: int = 0) -> np.ndarray:
+    """`limit` of `count` rows drawn with `seed`, in order (all of them when 0)."""
+    index = np.arange(count)
+    if limit and limit < count:
+        index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
+    return index
+
+
 def split_tensors(split, limit: int = 0, seed: int = 0):
     """(histories, lengths, targets) of a split, optionally a seeded random subset."""
-    index = np.arange(len(split))
-    if limit and limit < len(index):
-        index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
+    index = sample_rows(len(split), limit, seed)
     return (
         torch.as_tensor(split.histories[index], dtype=torch.long),
         torch.as_tensor(split.lengths[index], dtype=torch.long),
@@ -183,36 +187,12 @@ def train_recommender(
     return model.eval()
 
 
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    split,
-    device: torch.device,
-    users: int = 0,
-    seed: int = 0,
-    batch_size: int = 256,
-) -> dict[str, float]:
-    """HR, NDCG @ 5/10/20 and MRR@10 with full ranking, the user's history items masked."""
-    from models.metrics import hit_rate, mrr, ndcg, ranks_from_scores
+def evaluate(model: torch.nn.Module, task, users: int = 0, seed: int = 0) -> dict[str, float]:
+    """The protocol's figures (`models.training.evaluate`) on `users` examples of `task`
+    (`protocol_data(dataset).test`) drawn with `seed`, all of them when 0."""
+    from models.training import evaluate as protocol_figures
 
-    histories, lengths, targets = split_tensors(split, users, seed)
-    model.eval()
-    ranks = []
-    for start in range(0, len(targets), batch_size):
-        seq = histories[start : start + batch_size].to(device)
-        scores = model.full_scores(seq, lengths[start : start + batch_size].to(device)).float()
-        scores[:, 0] = -math.inf
-        history = seq.clone()
-        scores.scatter_(1, history, -math.inf)
-        target = targets[start : start + batch_size].to(device)
-        ranks.append(torch.as_tensor(ranks_from_scores(scores, target)).cpu())
-    ranks = torch.cat(ranks)
-    metrics = {}
-    for k in METRIC_CUTOFFS:
-        metrics[f"hr@{k}"] = float(hit_rate(ranks, k))
-        metrics[f"ndcg@{k}"] = float(ndcg(ranks, k))
-    metrics["mrr@10"] = float(mrr(ranks, 10))
-    return metrics
+    return protocol_figures(model, task.subset(sample_rows(len(task), users, seed)), 256)
 
 
 # -- the LLM -------------------------------------------------------------------------------
@@ -477,6 +457,7 @@ def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) 
 def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True) -> dict:
     """`streamrec align`: prepare, align, regenerate, evaluate, publish; the result figures."""
     from models.alignment.recommender import knowledge_table_name
+    from workers.recommender_training import protocol_data
 
     alignment = settings.alignment
     prepared = prepare(settings, dataset_name)
@@ -499,8 +480,7 @@ def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True
     set_knowledge(parts.recommender, table_name, aligned_table)
     metrics = evaluate(
         parts.recommender,
-        prepared.dataset.splits["test"],
-        parts.device,
+        protocol_data(prepared.dataset).test,
         alignment.eval_users,
         alignment.seed,
     )
