@@ -13,7 +13,8 @@ Two phases, both with AdamW and a linear warm-up then decay:
 
 Evaluation is the recommenders' protocol with the generated top-k list as
 the ranking: the beams never spell one of the user's earlier items (the
-items a full ranking masks), and a target missing from the list ranks past k.
+items a full ranking masks), and a target missing from the list ranks past k
+(`models.metrics.ranks_in_lists`, the same figures as every other family).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from models.device import resolve_device
 from models.genrec import GenRec
-from models.metrics import ranking_metrics
+from models.metrics import ranking_metrics, ranks_in_lists
 from streamrec.datasets import Dataset, Split
 from workers.recommender_training import EPOCH, VALID_NDCG, protocol_data
 
@@ -187,7 +188,7 @@ def evaluate(
     if settings.max_eval_examples:
         examples = examples[: settings.max_eval_examples]
     model.eval()
-    ranks = np.full(len(examples), np.inf)
+    lists = []
     generated = valid = 0
     batch_size = settings.eval_batch_size
     for start in tqdm(range(0, len(examples), batch_size), desc="generate", leave=False):
@@ -197,15 +198,14 @@ def evaluate(
         if masked is not None:
             banned = [{int(i) for i in masked[start + n]} for n in range(len(rows))]
         results = model.generate(batch, k, settings.beam_size, banned)
-        for offset, (row, result) in enumerate(zip(rows, results, strict=True)):
+        for result in results:
             generated += len(result.items)
             valid += len(
                 {i for i in result.items if i is not None and 0 < i < model.config.n_items}
             )
-            if row.target in result.items:
-                ranks[start + offset] = result.items.index(row.target) + 1
+            lists.append(result.items)
     return {
-        **ranking_metrics(ranks),
+        **ranking_metrics(ranks_in_lists(lists, [example.target for example in examples])),
         "valid_item_rate": valid / generated if generated else 0.0,
         "examples": len(examples),
     }
@@ -284,7 +284,7 @@ def run_training_job(
     from pathlib import Path
 
     from streamrec.datasets import load_dataset
-    from streamrec.registry import ModelRegistry, announce
+    from streamrec.registry import VersionMetadata, publish
 
     chosen = settings.genrec
     dataset = load_dataset(dataset_name, settings)
@@ -305,14 +305,14 @@ def run_training_job(
                 user_ids,
                 {"dataset": dataset_name, "pretrain": pretrain},
             )
-            version = ModelRegistry.from_settings(settings).publish(
+            version = publish(
+                settings,
                 chosen.family,
                 folder,
-                {"metrics": metrics["test"], "dataset": dataset_name, "pretrain": pretrain},
+                VersionMetadata(
+                    metrics=metrics["test"],
+                    extra={"dataset": dataset_name, "pretrain": pretrain},
+                ),
             )
-        try:
-            announce(settings, version)
-        except Exception as error:  # servers poll the registry too
-            log.warning("could not announce %s/%s: %s", version.family, version.version, error)
         result["version"] = version.version
     return result
