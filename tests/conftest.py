@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamrec.services import LocalServices
+from streamrec.services.children import services_environment
 from streamrec.settings import Settings
 
 TESTS = Path(__file__).parent
@@ -36,10 +37,7 @@ class RunningServices:
 
     def environment(self) -> dict[str, str]:
         """Variables that make a `streamrec` subprocess use these services."""
-        return {
-            "STREAMREC_DATA_DIR": str(self.base.data_dir),
-            "STREAMREC_CACHE_DIR": str(self.base.cache_dir),
-        }
+        return services_environment(self.launcher)
 
 
 @pytest.fixture(scope="session")

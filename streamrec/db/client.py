@@ -20,3 +20,12 @@ def connect(settings: Settings, database: str | None = None) -> Client:
         connect_timeout=settings.clickhouse.connect_timeout_s,
         settings={"insert_block_size": 100_000},
     )
+
+
+def count_rows(settings: Settings, table: str, final: bool = False) -> int:
+    """Rows in `table`; with `final`, after ReplacingMergeTree's deduplication."""
+    client = connect(settings)
+    try:
+        return client.execute(f"SELECT count() FROM {table}{' FINAL' if final else ''}")[0][0]
+    finally:
+        client.disconnect()

@@ -1,14 +1,13 @@
 """`streamrec up`, the main job, end to end on its own data directory."""
 
 import json
-import os
 import subprocess
-import sys
 
 from kafka import KafkaConsumer, TopicPartition
 
 from streamrec.db import connect
 from streamrec.services import LocalServices, free_port
+from streamrec.services.children import run_streamrec
 from streamrec.services.process import pid_alive
 from streamrec.settings import Settings
 
@@ -23,13 +22,7 @@ def _count_messages(bootstrap: str, topic: str) -> int:
 
 
 def _streamrec(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_streamrec(*args, environment=env, timeout_s=600)
 
 
 def test_up_streams_movielens_into_kafka_and_clickhouse(tmp_path):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 
@@ -24,6 +22,7 @@ from streamrec.jobs import (
     kind_summaries,
     list_runs,
 )
+from streamrec.services.children import run_streamrec
 
 
 @pytest.fixture
@@ -132,13 +131,7 @@ def test_list_is_newest_first_filters_by_kind_and_summaries_count_per_kind(job_s
 
 
 def _cli(environment: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", "jobs", *args],
-        env={**os.environ, **environment},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_streamrec("jobs", *args, environment=environment, timeout_s=60)
 
 
 def test_jobs_list_and_show_from_the_command_line(job_settings):

@@ -9,10 +9,6 @@ so the job loads it by path like any LLM); the text encoder is the real all-Mini
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -23,12 +19,18 @@ import torch
 from models.knowledge.prompts import ItemInfo
 from streamrec.db import connect, migrate
 from streamrec.jobs import list_runs
-from streamrec.registry import ModelRegistry
+from streamrec.registry import ModelRegistry, VersionMetadata
+from streamrec.services.children import (
+    StreamrecProcess,
+    StreamWorker,
+    environment_set,
+    isolated_environment,
+    wait_for,
+)
 from streamrec.settings import Settings
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
 from streams.producer import ItemProducer
 from streams.topics import ensure_topics
-from tests.integration.helpers import StreamWorker, isolated_environment, wait_for
 from tests.unit.knowledge_helpers import one_torch_thread, real_tokenizer, tiny_llm
 
 KNOWN_ITEMS = [101, 102, 103]  # in the first recommender version
@@ -45,16 +47,8 @@ TINY_SASREC = {
 
 
 def _settings_from(environment: dict[str, str]) -> Settings:
-    previous = {key: os.environ.get(key) for key in environment}
-    os.environ.update(environment)
-    try:
+    with environment_set(environment):
         return Settings()
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +65,7 @@ def world(services, tmp_path_factory):
     tiny.save_pretrained(folder / "tiny-llm")
     tokenizer.save_pretrained(folder / "tiny-llm")
     environment = {
-        **isolated_environment(services.settings, services.environment()),
+        **isolated_environment(services.launcher),
         "STREAMREC_STREAMS__SINK_FLUSH_INTERVAL_S": "0.2",
         "STREAMREC_REGISTRY__ROOT": str(folder / "registry"),
         "STREAMREC_KNOWLEDGE__LLM_PATH": str(folder / "tiny-llm"),
@@ -94,7 +88,9 @@ def world(services, tmp_path_factory):
     knowledge[0] = 0
     model = build_recommender("sasrec", len(KNOWN_ITEMS) + 1, dict(TINY_SASREC), knowledge)
     model.save_pretrained(folder / "v1", np.asarray([0, *KNOWN_ITEMS], dtype=np.int64))
-    first = ModelRegistry.from_settings(settings).publish("seralm", folder / "v1", {"note": "base"})
+    first = ModelRegistry.from_settings(settings).add(
+        "seralm", folder / "v1", VersionMetadata(extra={"note": "base"})
+    )
     return {"settings": settings, "environment": environment, "folder": folder, "first": first}
 
 
@@ -189,13 +185,13 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     assert [item.item_id for item in reply.items] == [NEW_ITEM]  # the others are history
     assert np.isfinite(reply.items[0].score)
 
-    from models.sequential import SequentialRecommender
     # Nothing is missing any more: a second run does nothing and publishes nothing.
     again = job.run_once()
     assert (again.requested, again.ok, again.published) == (0, 0, None)
 
 
 def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_path):
+    from models.sequential import SequentialRecommender
     from workers.knowledge_job import KnowledgeJob, load_knowledge_llm
 
     settings = world["settings"]
@@ -214,23 +210,19 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
             [item for item, _, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
         )
 
-    log = open(tmp_path / "job.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "worker", "knowledge", "--once"],
-        env={**os.environ, **world["environment"]},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    job = StreamrecProcess(
+        ["worker", "knowledge", "--once"], world["environment"], tmp_path / "job.log"
     )
+    job.start()
     try:
         deadline = time.monotonic() + 180
-        while written() < 4 and process.poll() is None and time.monotonic() < deadline:
+        while written() < 4 and job.running() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        assert job.running(), "the run ended before it could be killed"
+        job.kill()
     finally:
-        if process.poll() is None:
-            process.kill()
+        if job.running():
+            job.kill()
     # An insert the process had sent before it died may still land: wait until none does.
     before, previous = written(), -1
     while before != previous:

@@ -18,6 +18,7 @@ from kafka import KafkaProducer
 
 from streamrec.db import connect, migrate
 from streamrec.jobs import FAILED, SUCCEEDED, list_runs
+from streamrec.services.children import run_streamrec
 from streamrec.v1 import events_pb2
 from streams.topics import ensure_topics
 
@@ -87,7 +88,7 @@ def offline_folder(tmp_path_factory):
 
 @pytest.fixture
 def trainer_settings(services, tmp_path, offline_folder):
-    from streamrec.registry import ModelRegistry
+    from streamrec.registry import ModelRegistry, VersionMetadata
 
     suffix = uuid.uuid4().hex[:8]
     settings = services.settings.model_copy(deep=True)
@@ -111,7 +112,7 @@ def trainer_settings(services, tmp_path, offline_folder):
     migrate(settings)
     ensure_topics(settings)
     registry = ModelRegistry.from_settings(settings)
-    first = registry.publish("seralm", offline_folder, {"metrics": {"offline": True}})
+    first = registry.add("seralm", offline_folder, VersionMetadata(metrics={"offline": True}))
     return settings, first
 
 
@@ -129,8 +130,8 @@ def produce(settings, messages: int, items: list[int], seed: int) -> None:
 
 
 def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(trainer_settings):
-    from streamrec.registry import ModelRegistry
     from models.sequential import SequentialRecommender
+    from streamrec.registry import ModelRegistry
     from workers.trainer import OnlineTrainer
 
     settings, first = trainer_settings
@@ -227,7 +228,7 @@ def test_a_restarted_trainer_resumes_from_the_offsets_of_its_last_version(traine
 def test_a_version_published_meanwhile_by_another_job_is_continued_not_overwritten(
     trainer_settings, offline_folder
 ):
-    from streamrec.registry import ModelRegistry
+    from streamrec.registry import ModelRegistry, VersionMetadata
     from workers.trainer import OnlineTrainer
 
     settings, first = trainer_settings
@@ -235,7 +236,9 @@ def test_a_version_published_meanwhile_by_another_job_is_continued_not_overwritt
     trainer = OnlineTrainer(settings)
     trainer.load_latest(wait=False)
     registry = ModelRegistry.from_settings(settings)
-    other = registry.publish("seralm", offline_folder, {"source": "knowledge-job"})
+    other = registry.add(
+        "seralm", offline_folder, VersionMetadata(extra={"source": "knowledge-job"})
+    )
     try:
         [decision] = trainer.run(max_cycles=1)
     finally:
@@ -251,10 +254,6 @@ def test_a_version_published_meanwhile_by_another_job_is_continued_not_overwritt
 
 
 def test_worker_trainer_command_runs_a_cycle_and_says_what_it_published(trainer_settings):
-    import os
-    import subprocess
-    import sys
-
     settings, first = trainer_settings
     produce(settings, 10, CATALOG, seed=6)
     workers = settings.workers
@@ -275,12 +274,8 @@ def test_worker_trainer_command_runs_a_cycle_and_says_what_it_published(trainer_
             )
         },
     }  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", "worker", "trainer", "--cycles", "1"],
-        env={**os.environ, **environment},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_streamrec(
+        "worker", "trainer", "--cycles", "1", environment=environment, timeout_s=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cycle: published v000002" in result.stderr

@@ -8,7 +8,6 @@ to a registry in a temporary folder.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections import Counter
 
@@ -18,13 +17,18 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from streamrec.db import connect, migrate
-from streamrec.registry import ModelRegistry, announce
+from streamrec.db import connect, count_rows, migrate
+from streamrec.registry import ModelRegistry, VersionMetadata, announce
+from streamrec.services.children import (
+    StreamWorker,
+    environment_set,
+    isolated_environment,
+    wait_for,
+)
 from streamrec.settings import Settings
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
 from streams.producer import InteractionProducer, now_ms
 from streams.topics import ensure_topics
-from tests.integration.helpers import StreamWorker, count_rows, isolated_environment, wait_for
 
 ITEMS = list(range(101, 131))  # external item ids; model indices 1..30
 NEW_ITEM = 131  # has knowledge, no interaction: added to the model by extend_items
@@ -82,7 +86,7 @@ def _train_tiny_sasrec(sequences: dict[int, list[int]], steps: int = 60):
 
 def _publish(registry: ModelRegistry, model, item_ids, folder, note: str):
     model.save_pretrained(folder, np.asarray(item_ids, dtype=np.int64))
-    return registry.publish("seralm", folder, {"metrics": {}, "note": note})
+    return registry.add("seralm", folder, VersionMetadata(extra={"note": note}))
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +95,11 @@ def world(services, tmp_path_factory):
     and a first model version in a temporary registry."""
     folder = tmp_path_factory.mktemp("serving")
     overrides = {
-        **isolated_environment(services.settings, services.environment()),
+        **isolated_environment(services.launcher),
         "STREAMREC_STREAMS__SINK_FLUSH_INTERVAL_S": "0.2",
     }
-    previous = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
+    with environment_set(overrides):
         settings = Settings()
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     settings = settings.model_copy(
         update={
             "registry": settings.registry.model_copy(update={"root": str(folder / "registry")}),

@@ -8,12 +8,12 @@ import urllib.request
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrec.db import connect
+from streamrec.db import connect, count_rows
 from streamrec.history import HistoryStore
 from streamrec.services import LocalServices
+from streamrec.services.children import wait_for
 from streamrec.v1 import events_pb2
 from streams.producer import InteractionProducer, ItemProducer, now_ms
-from tests.integration.helpers import count_rows, wait_for
 
 
 def _send_clicks(settings, count: int, users: int = 7, start: int = 0, prefix: str = "e") -> list:
@@ -229,7 +229,7 @@ def test_a_killed_worker_resumes_without_losing_or_doubling(stream_worker):
             "all rows",
             stream_worker,
         )
-    except AssertionError as error:  # say whether rows were lost or the worker stalled
+    except TimeoutError as error:  # say whether rows were lost or the worker stalled
         stored = count_rows(settings, "interactions", final=True)
         raise AssertionError(f"{stored} of 4000 rows stored; {error}") from None
     assert count_rows(settings, "interactions", final=True) == 4000
