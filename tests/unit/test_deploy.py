@@ -5,7 +5,7 @@ port, environment variable, secret and command that a manifest names is one
 the code reads (the settings tree, the typer app, the wire API), so settings
 and manifests cannot drift apart; docker compose and kustomize validate the
 files (`./run test` builds both, and grpcurl, with `go install`); the
-README's commands resolve against the CLI and the gRPC services.
+commands of the README and docs/ resolve against the CLI and the gRPC services.
 """
 
 from __future__ import annotations
@@ -668,11 +668,12 @@ def test_kubernetes_monitoring_renders_with_the_dashboards_and_alerts():
     assert alerts and all(yaml.safe_load(text)["groups"] for text in alerts.values())
 
 
-# --- README: every command shown resolves ---
+# --- README and docs/: every command shown resolves ---
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text() + (DEPLOY / "README.md").read_text()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "".join(page.read_text() for page in pages)
     blocks = re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S)
     lines = []
     for block in blocks:
