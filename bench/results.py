@@ -33,8 +33,13 @@ _LOAD_AT_START = os.getloadavg()
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command as one would type it in the repository root (`python bench/x.py ...`)."""
-    argv = list(sys.argv if argv is None else argv)
+    """The command as one would type it in the repository root (`python -m bench.x ...`)."""
+    if argv is None:
+        argv = list(sys.argv)
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is not None and spec.name != "__main__":  # started with `python -m`
+            return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]])
+    argv = list(argv)
     script = Path(argv[0]).resolve() if argv and argv[0] else None
     if script is not None and script.is_file() and script.is_relative_to(REPO):
         argv[0] = str(script.relative_to(REPO))

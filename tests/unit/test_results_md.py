@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 
 from bench import results_md
-from bench.results import committed, problems, write_result
+from bench.results import command_line, committed, problems, write_result
 
 
 def test_results_md_is_generated_from_the_committed_results():
@@ -50,3 +52,11 @@ def test_a_result_without_the_load_it_ran_under_is_refused():
     record = {"command": "python bench/x.py", "commit": "0" * 40, "date": "2025-01-01T00:00:00Z"}
     record |= {"machine": {"cores": 2}, "result": {"items_per_s": 1.5}}
     assert problems(record) == ["no machine.load_average_start", "no machine.load_average_end"]
+
+
+def test_the_command_of_a_bench_run_as_a_module(monkeypatch):
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="bench.knowledge")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/anywhere/bench/knowledge.py", "--json", "out.json"])
+    assert command_line() == "python -m bench.knowledge --json out.json"
