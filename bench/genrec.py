@@ -86,7 +86,7 @@ async def _latency(settings, folder: Path, histories: list[list[int]], requests:
     from streamrec.registry import ModelRegistry
     from streamrec.v1 import genrec_pb2, genrec_pb2_grpc
 
-    ModelRegistry.from_settings(settings).publish("genrec", folder, {"metrics": {}})
+    ModelRegistry.from_settings(settings).add("genrec", folder)  # the server starts after
     server, port = await start_server(settings, {GENREC: GenRecServicer(settings)})
     figures = {}
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from streamrec.registry import ModelRegistry, ModelVersion
+from streamrec.registry import ModelVersion, VersionMetadata, publish
 from streamrec.settings import Settings
 
 
@@ -84,15 +84,18 @@ def train_first_model(
     )
     with TemporaryDirectory(prefix="streamrec-first-model-") as folder:
         model.eval().save_pretrained(Path(folder), item_ids, extra={"dataset": dataset_name})
-        return ModelRegistry.from_settings(settings).publish(
-            "seralm",
+        return publish(
+            settings,
+            settings.recommender.family,
             Path(folder),
-            {
-                "metrics": {"train_loss": float(np.mean(losses)) if losses else None},
-                "source": "first-model",
-                "dataset": dataset_name,
-                "epochs": epochs,
-                "users": len(targets),
-                "train_seconds": round(time.perf_counter() - started, 1),
-            },
+            VersionMetadata(
+                metrics={"train_loss": float(np.mean(losses)) if losses else None},
+                extra={
+                    "source": "first-model",
+                    "dataset": dataset_name,
+                    "epochs": epochs,
+                    "users": len(targets),
+                    "train_seconds": round(time.perf_counter() - started, 1),
+                },
+            ),
         )

@@ -156,7 +156,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         self.settings = settings
         serving = settings.serving
         self.holder: ModelHolder[ServingModel] = ModelHolder(
-            settings, serving.family, lambda version: load_serving_model(version, settings)
+            settings,
+            settings.recommender.family,
+            lambda version: load_serving_model(version, settings),
         )
         self.history = history or HistoryCache(settings)
         self.popular = PopularItems(settings)

@@ -8,14 +8,16 @@ half-written folder: a version folder either is complete or does not exist.
 A file lock per family serialises the choice of the next number between
 publishers on one file system.
 
-A new version is announced on the ``model-updates`` topic; servers also poll
-`latest()` so a lost announcement only delays a reload.
+Every job publishes through `publish()`: the version is added, then announced
+on the ``model-updates`` topic. Servers also poll `latest()`, so an announcement
+that fails is logged and only delays a reload.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,15 +25,58 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streamrec.settings import Settings
 
+log = logging.getLogger(__name__)
+
 METADATA_FILE = "metadata.json"
 VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
-# Metadata keys every version carries (empty when the publisher gave none).
-STANDARD_KEYS = ("metrics", "llm_version", "adapter_version", "parent")
+# The LoRA adapters alignment publishes and the knowledge job applies. The model families
+# are settings (`recommender.family`, `genrec.family`, `recsysllm.family`).
+LLM_ADAPTER_FAMILY = "llm-adapter"
+# What the registry itself writes into every metadata.json.
+RECORD_KEYS = ("family", "version", "created_at", "created_at_ms")
+
+
+@dataclass(frozen=True)
+class VersionMetadata:
+    """What a publisher says about a version. The four named fields are in every
+    metadata.json (None or {} when not given), so readers never guess keys; `extra`
+    holds what only one job writes (its source, the Kafka offsets, the run's figures)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    llm_version: str | None = None  # the LLM whose knowledge the version carries
+    adapter_version: str | None = None  # the llm-adapter version that LLM had
+    parent: str | None = None  # the version this one was trained from
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The metadata.json body (before the registry's own keys)."""
+        named = {key: value for key, value in asdict(self).items() if key != "extra"}
+        clash = set(self.extra) & (set(named) | set(RECORD_KEYS))
+        if clash:
+            raise ValueError(f"extra metadata may not set {sorted(clash)}")
+        return {**named, **self.extra}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> VersionMetadata:
+        """A stored version's metadata, without the registry's own keys (to inherit it)."""
+        named = {"metrics", "llm_version", "adapter_version", "parent"}
+        return cls(
+            metrics=dict(record.get("metrics") or {}),
+            llm_version=record.get("llm_version"),
+            adapter_version=record.get("adapter_version"),
+            parent=record.get("parent"),
+            extra={
+                key: value
+                for key, value in record.items()
+                if key not in named and key not in RECORD_KEYS
+            },
+        )
 
 
 def version_name(number: int) -> str:
@@ -84,10 +129,11 @@ class ModelRegistry:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def publish(
-        self, family: str, folder: Path | str, metadata: dict | None = None
+    def add(
+        self, family: str, folder: Path | str, metadata: VersionMetadata | None = None
     ) -> ModelVersion:
-        """Copy `folder` in as the next version of `family`, with its metadata."""
+        """Copy `folder` in as the next version of `family`, with its metadata; no
+        announcement (jobs call `publish()`, which announces too)."""
         source = Path(folder)
         if not source.is_dir():
             raise FileNotFoundError(f"not a folder to publish: {source}")
@@ -99,9 +145,7 @@ class ModelRegistry:
             with self._family_lock(family):
                 latest = self.latest(family)
                 name = version_name((latest.number if latest else 0) + 1)
-                record = {key: None for key in STANDARD_KEYS}
-                record["metrics"] = {}
-                record.update(metadata or {})
+                record = (metadata or VersionMetadata()).record()
                 record.update(
                     {
                         "family": family,
@@ -175,10 +219,14 @@ def announce(settings: Settings, version: ModelVersion) -> None:
 
     from streamrec.services import kafka_bootstrap
 
+    timeout_ms = int(settings.registry.announce_timeout_s * 1000)
     producer = KafkaProducer(
         bootstrap_servers=kafka_bootstrap(settings),
         acks="all",
         retries=settings.kafka.send_retries,
+        # Bounded like the flush below: a broker that is down costs the timeout, not 30 s.
+        bootstrap_timeout_ms=timeout_ms,
+        max_block_ms=timeout_ms,
     )
     try:
         producer.send(
@@ -189,3 +237,19 @@ def announce(settings: Settings, version: ModelVersion) -> None:
         producer.flush(settings.registry.announce_timeout_s)
     finally:
         producer.close(settings.registry.announce_timeout_s)
+
+
+def publish(
+    settings: Settings, family: str, folder: Path | str, metadata: VersionMetadata
+) -> ModelVersion:
+    """Add `folder` as the next version of `family` and announce it on model-updates.
+    A failed announcement is a warning, not an error: the version is in the registry,
+    and servers polling it find the version on their next look."""
+    version = ModelRegistry.from_settings(settings).add(family, folder, metadata)
+    try:
+        announce(settings, version)
+    except Exception as error:  # Kafka down or slow: polling still finds the version
+        log.warning(
+            "published %s/%s but could not announce it: %s", family, version.version, error
+        )
+    return version

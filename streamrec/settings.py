@@ -106,8 +106,8 @@ class WorkerSettings(BaseModel):
 
     trainer_group: str = "streamrec-trainer"
     device: str = "auto"
-    # Online trainer (`streamrec worker trainer`): fine-tunes the latest `seralm` version.
-    trainer_family: str = "seralm"
+    # Online trainer (`streamrec worker trainer`): fine-tunes the latest `recommender.family`
+    # version.
     trainer_batch_size: int = 64
     # Small: each step nudges a model already trained offline.
     trainer_learning_rate: float = 1e-4
@@ -155,9 +155,8 @@ class ServingSettings(BaseModel):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
-    # Model family served by RecommenderService, and how hot reload finds new versions:
-    # the model-updates topic, and polling of the registry as a fallback.
-    family: str = "seralm"
+    # How hot reload finds new versions of the served families: the model-updates topic,
+    # and polling of the registry as a fallback.
     reload_poll_s: float = 30.0
     reload_from_topic: bool = True
     device: str = "auto"  # "auto": cuda when there is one
@@ -227,6 +226,9 @@ class RecommenderSettings(BaseModel):
     knowledge_mode: str = "vectors"
     # Where `streamrec train` writes checkpoints (empty: <data_dir>/checkpoints).
     checkpoints_dir: str = ""
+    # The registry family of the sequential recommender: what `train --publish`, the first
+    # model, alignment, the online trainer and the knowledge job publish, and what
+    # RecommenderService serves.
     family: str = "seralm"
 
 
@@ -261,13 +263,12 @@ class KnowledgeSettings(BaseModel):
     # The cache of generated texts; empty: <data_dir>/knowledge/cache.sqlite.
     cache_path: str = ""
     # Knowledge job: its Kafka consumer group on `knowledge-requests`, the items written to
-    # ClickHouse per batch (what a killed run can lose), and the registry family it extends.
+    # ClickHouse per batch (what a killed run can lose); it extends `recommender.family`.
     job_group: str = "streamrec-knowledge"
     job_write_batch: int = 16
     job_poll_timeout_ms: int = 2000
     # Longest wait for the consumer group to get its partitions before a run goes on.
     job_join_timeout_s: float = 30.0
-    job_family: str = "seralm"
     # `streamrec worker knowledge` without --once: seconds between runs.
     job_interval_s: float = 60.0
 

@@ -35,9 +35,6 @@ from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FAMILY = "llm-adapter"
-
-
 @dataclass
 class KnowledgeLLM:
     model: object
@@ -64,11 +61,11 @@ def _adapter(settings: Settings, adapter: str) -> tuple[Path, str] | None:
     if not adapter:
         return None
     if adapter == "latest":
-        from streamrec.registry import ModelRegistry
+        from streamrec.registry import LLM_ADAPTER_FAMILY, ModelRegistry
 
-        version = ModelRegistry.from_settings(settings).latest(ADAPTER_FAMILY)
+        version = ModelRegistry.from_settings(settings).latest(LLM_ADAPTER_FAMILY)
         if version is None:
-            raise RuntimeError(f"no {ADAPTER_FAMILY} version in the registry")
+            raise RuntimeError(f"no {LLM_ADAPTER_FAMILY} version in the registry")
         return Path(version.path), version.version
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
@@ -467,16 +464,15 @@ class KnowledgeJob:
         """A new version of the served recommender with every item that now has knowledge
         but is not in it yet (input initialised from the knowledge through the fusion layer),
         announced on model-updates; None when there is no recommender or nothing to add."""
+        import dataclasses
         import tempfile
 
-        from streamrec.registry import ModelRegistry, announce
+        from streamrec.registry import ModelRegistry, VersionMetadata, publish
 
-        registry = ModelRegistry.from_settings(self.settings)
-        latest = registry.latest(self.config.job_family)
+        family = self.settings.recommender.family
+        latest = ModelRegistry.from_settings(self.settings).latest(family)
         if latest is None:
-            log.info(
-                "no %s version in the registry: no model to add items to", self.config.job_family
-            )
+            log.info("no %s version in the registry: no model to add items to", family)
             return None
         from models.sequential import SequentialRecommender
 
@@ -502,21 +498,19 @@ class KnowledgeJob:
         item_ids = np.concatenate(
             [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
         )
-        inherited = {
-            key: value
-            for key, value in latest.metadata.items()
-            if key not in ("version", "family", "created_at", "parent")
-        }
-        metadata = {
-            **inherited,
-            "llm_version": self.llm.version,
-            "prompt_version": self.template.version,
-            "parent": latest.version,
-            "knowledge_items_added": len(new),
-        }
+        inherited = VersionMetadata.from_record(latest.metadata)
+        metadata = dataclasses.replace(
+            inherited,
+            llm_version=self.llm.version,
+            parent=latest.version,
+            extra={
+                **inherited.extra,
+                "prompt_version": self.template.version,
+                "knowledge_items_added": len(new),
+            },
+        )
         with tempfile.TemporaryDirectory() as folder:
             loaded.model.save_pretrained(Path(folder), item_ids, extra=loaded.extra)
-            version = registry.publish(self.config.job_family, Path(folder), metadata)
-        announce(self.settings, version)
+            version = publish(self.settings, family, Path(folder), metadata)
         log.info("published %s %s with %d new items", version.family, version.version, len(new))
         return version.version

@@ -350,17 +350,3 @@ def knowledge_variant(
 
     return Variant(variant_name(name, fraction), None, fraction, fresh_text_knowledge), summary
 
-
-def publish_checkpoint(settings: Settings, folder: Path, metadata: dict):
-    """Publish a checkpoint folder as the next `seralm` version and announce it; servers
-    also poll the registry, so an announcement that fails is only a warning."""
-    from streamrec.registry import ModelRegistry, announce
-
-    version = ModelRegistry.from_settings(settings).publish(
-        settings.recommender.family, folder, metadata
-    )
-    try:
-        announce(settings, version)
-    except Exception as error:  # Kafka down: the servers' registry polling still finds it
-        log.warning("published %s but could not announce it: %s", version.version, error)
-    return version

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from models.recsysllm.prompts import candidate_segments, templates
 from models.recsysllm.tasks import RATINGS, TaskWriter, UserHistory
 from models.recsysllm.textualise import UserProfile
 from models.recsysllm.training import generate_text, rank_answers, train
+from streamrec.registry import VersionMetadata, publish
 from streamrec.settings import Settings
 
 
@@ -222,18 +222,11 @@ def sample_users(data: RecSysLLMData, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(users, min(count, len(users))))
 
 
-def publish(settings: Settings, artifact: RecSysLLMArtifact, metadata: dict, notify=True):
-    """A new `recsysllm` registry version; `notify` announces it on model-updates."""
-    from streamrec.registry import ModelRegistry, announce
-
+def publish_artifact(settings: Settings, artifact: RecSysLLMArtifact, metadata: VersionMetadata):
+    """The artifact saved and published as the next `recsysllm.family` version."""
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_artifact(Path(scratch) / "recsysllm", artifact)
-        version = ModelRegistry.from_settings(settings).publish(
-            settings.recsysllm.family, folder, {**metadata, "published_at": time.time()}
-        )
-    if notify:
-        announce(settings, version)
-    return version
+        return publish(settings, settings.recsysllm.family, folder, metadata)
 
 
 def run_training_job(
@@ -260,6 +253,8 @@ def run_training_job(
     metrics = evaluate(settings, artifact, data, held_out)
     result = {"dataset": dataset_name, "metrics": metrics}
     if publish_version:
-        version = publish(settings, artifact, {"dataset": dataset_name, "metrics": metrics})
+        version = publish_artifact(
+            settings, artifact, VersionMetadata(metrics=metrics, extra={"dataset": dataset_name})
+        )
         result["published"] = f"{version.family}/{version.version}"
     return result

@@ -3,7 +3,7 @@
 It consumes `training-examples` (TrainingExampleBatch messages from the stream
 worker) as the consumer group `workers.trainer_group`, and:
 
-- warm-starts from the latest registry version of `workers.trainer_family`;
+- warm-starts from the latest registry version of `recommender.family`;
 - holds out a fixed share of examples (chosen by event id, so a restart picks
   the same ones) for the pre-publish check, and trains on the rest in
   micro-batches mixed with examples replayed from a buffer of older ones, at a
@@ -155,6 +155,7 @@ class OnlineTrainer:
         self.settings = settings
         self.config = settings.workers
         self.topic = settings.kafka.training_examples_topic
+        self.family = settings.recommender.family
         self.device = str(resolve_device(self.config.device))
         self.registry = ModelRegistry.from_settings(settings)
         self.consumer: KafkaConsumer | None = None
@@ -178,14 +179,13 @@ class OnlineTrainer:
         """Warm start from the latest version (waiting for one to be published)."""
         from models.sequential import SequentialRecommender
 
-        family = self.config.trainer_family
-        version = self.registry.latest(family)
+        version = self.registry.latest(self.family)
         while version is None and wait:
-            log.info("no %s version in the registry yet; waiting", family)
+            log.info("no %s version in the registry yet; waiting", self.family)
             time.sleep(self.config.trainer_wait_for_model_s)
-            version = self.registry.latest(family)
+            version = self.registry.latest(self.family)
         if version is None:
-            raise RuntimeError(f"no {family} version in the registry to warm-start from")
+            raise RuntimeError(f"no {self.family} version in the registry to warm-start from")
         loaded = SequentialRecommender.from_pretrained(version.path, device=self.device)
         self.version = version
         self.model = loaded.model.to(self.device)
@@ -198,7 +198,9 @@ class OnlineTrainer:
         self.saved_offsets = {int(partition): int(offset) for partition, offset in offsets.items()}
         self.absorbed = dict(self.saved_offsets)
         self._new_optimizer()
-        log.info("warm start from %s/%s (%d items)", family, version.version, len(self.item_ids))
+        log.info(
+            "warm start from %s/%s (%d items)", self.family, version.version, len(self.item_ids)
+        )
 
     def _new_optimizer(self) -> None:
         self.optimizer = torch.optim.Adam(
@@ -245,7 +247,7 @@ class OnlineTrainer:
         The consumer keeps its position; buffered examples are re-indexed to the new
         version's items (items only this trainer knew are grown on it again).
         """
-        latest = self.registry.latest(self.config.trainer_family)
+        latest = self.registry.latest(self.family)
         if latest is None or latest.version == self.version.version:
             return None
         old_ids, absorbed = self.item_ids, dict(self.absorbed)
@@ -332,7 +334,7 @@ class OnlineTrainer:
 
     def evaluate_and_publish(self, stats: CycleStats) -> Decision:
         """Held-out check of the candidate against the published model; publish or roll back."""
-        from streamrec.registry import announce
+        from streamrec.registry import VersionMetadata, publish
 
         if self.pending:
             self.step(stats)
@@ -372,17 +374,17 @@ class OnlineTrainer:
         offsets = {self.topic: {str(p): o for p, o in sorted(self.absorbed.items())}}
         with tempfile.TemporaryDirectory(prefix="trainer-") as folder:
             self.model.save_pretrained(Path(folder), self.item_ids, extra=self.extra)
-            version = self.registry.publish(
-                self.config.trainer_family,
+            version = publish(
+                self.settings,
+                self.family,
                 Path(folder),
-                {
-                    "metrics": metrics,
-                    "parent": self.version.version,
-                    "llm_version": self.version.metadata.get("llm_version") or "",
-                    "adapter_version": self.version.metadata.get("adapter_version") or "",
-                    "source": "online-trainer",
-                    OFFSETS_KEY: offsets,
-                },
+                VersionMetadata(
+                    metrics=metrics,
+                    parent=self.version.version,
+                    llm_version=self.version.metadata.get("llm_version"),
+                    adapter_version=self.version.metadata.get("adapter_version"),
+                    extra={"source": "online-trainer", OFFSETS_KEY: offsets},
+                ),
             )
         self.version = version
         self.baseline = copy.deepcopy(self.model)
@@ -393,10 +395,6 @@ class OnlineTrainer:
                 for p, o in self.saved_offsets.items()
             }
         )
-        try:
-            announce(self.settings, version)
-        except Exception as error:  # servers also poll the registry
-            log.warning("model update not announced: %s", error)
         VERSIONS.labels("published").inc()
         log.info(
             "published %s/%s (held-out NDCG@10 %.4f)", version.family, version.version, candidate

@@ -64,7 +64,8 @@ def train(
     """Train a recommender (early stopping on valid NDCG@10) and save its checkpoint."""
     from rich.progress import Progress
 
-    from workers.recommender_training import checkpoint_folder, publish_checkpoint, run_variant
+    from streamrec.registry import VersionMetadata, publish
+    from workers.recommender_training import checkpoint_folder, run_variant
 
     settings = get_settings()
     data, variant, summary = _recommender_setup(settings, model, dataset, knowledge, fraction)
@@ -84,16 +85,15 @@ def train(
     print(json.dumps(row, indent=1))
     console.print(f"checkpoint written to {folder}")
     if publish:
-        version = publish_checkpoint(
+        version = publish(
             settings,
+            settings.recommender.family,
             folder,
-            {
-                "metrics": row["metrics"],
-                "dataset": dataset,
-                "model": model.lower(),
-                "variant": variant.name,
-                "llm_version": summary.get("llm_version"),
-            },
+            VersionMetadata(
+                metrics=row["metrics"],
+                llm_version=summary.get("llm_version"),
+                extra={"dataset": dataset, "model": model.lower(), "variant": variant.name},
+            ),
         )
         console.print(f"published {version.family}/{version.version}")
 

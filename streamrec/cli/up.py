@@ -128,7 +128,7 @@ def _ensure_served_model(settings, dataset: str) -> None:
     """A model to serve: a quick first SASRec when the registry has none of the family yet."""
     from streamrec.registry import ModelRegistry
 
-    latest = ModelRegistry.from_settings(settings).latest(settings.serving.family)
+    latest = ModelRegistry.from_settings(settings).latest(settings.recommender.family)
     if latest is not None:
         console.print(f"serving {latest.family}/{latest.version} from the registry")
         return
@@ -136,7 +136,7 @@ def _ensure_served_model(settings, dataset: str) -> None:
 
     epochs = settings.serving.first_model_epochs
     console.print(
-        f"no {settings.serving.family} model in the registry: training a small SASRec on "
+        f"no {settings.recommender.family} model in the registry: training a small SASRec on "
         f"{dataset} for {epochs} epochs (a quick first model; the trainer improves on it)"
     )
     version = train_first_model(

@@ -57,7 +57,7 @@ def _publish(registry: ModelRegistry, folder, seed: int):
     _tiny_genrec(seed).save_pretrained(
         folder, np.r_[zero, ITEMS], np.r_[zero, USERS], {"seed": seed}
     )
-    return registry.publish("genrec", folder, {"metrics": {}})
+    return registry.add("genrec", folder)
 
 
 @pytest.fixture(scope="module")

@@ -65,8 +65,8 @@ def world(services, tmp_path_factory):
     artifact = RecSysLLMArtifact(
         model, tok, ITEMS, {STORED_USER: UserProfile(30, "F", "writer")}, ""
     )
-    version = ModelRegistry.from_settings(settings).publish(
-        "recsysllm", save_artifact(folder / "v1", artifact), {"metrics": {}}
+    version = ModelRegistry.from_settings(settings).add(
+        "recsysllm", save_artifact(folder / "v1", artifact)
     )
     return settings, version
 

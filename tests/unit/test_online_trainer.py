@@ -89,6 +89,6 @@ def test_a_model_with_nan_or_constant_scores_is_never_published(tmp_path, kind):
     assert not decision.published and decision.version is None
     assert decision.metrics["heldout_ndcg@10"] == 0.0  # pessimistic ranks: no hit at all
     assert f"{'non-finite' if kind == 'nan' else 'constant'} scores" in decision.reason
-    assert ModelRegistry.from_settings(settings).latest(settings.workers.trainer_family) is None
+    assert ModelRegistry.from_settings(settings).latest(settings.recommender.family) is None
     # Rolled back to the published weights.
     assert heldout_ndcg(trainer.model, list(trainer.holdout), 5) == (1.0, None)

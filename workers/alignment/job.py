@@ -417,12 +417,11 @@ def run_summary(run: AlignmentRun, window: int) -> dict:
 
 def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) -> tuple:
     """The adapter as an `llm-adapter` version, then the aligned Rec (with the aligned
-    knowledge) as a `seralm` version that names it; announced on `model-updates`."""
+    knowledge) as a `recommender.family` version that names it; each announced."""
     import tempfile
 
-    from streamrec.registry import ModelRegistry, announce
+    from streamrec.registry import LLM_ADAPTER_FAMILY, VersionMetadata, publish
 
-    registry = ModelRegistry.from_settings(settings)
     base_llm = prepared.knowledge_summary.get("llm_version") or prepared.knowledge_summary.get(
         "llm", "default"
     )
@@ -430,27 +429,32 @@ def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) 
     with tempfile.TemporaryDirectory(prefix="streamrec-align-") as scratch:
         adapter_folder = Path(scratch) / "adapter"
         prepared.parts.policy.save_pretrained(adapter_folder)
-        adapter = registry.publish(
-            "llm-adapter",
+        adapter = publish(
+            settings,
+            LLM_ADAPTER_FAMILY,
             adapter_folder,
-            {"metrics": metrics, "llm_version": base_llm, "alignment": alignment, "run": summary},
+            VersionMetadata(
+                metrics=metrics,
+                llm_version=base_llm,
+                extra={"alignment": alignment, "run": summary},
+            ),
         )
         recommender_folder = Path(scratch) / "seralm"
         # The recommender holds the aligned table (set by run_job): it is what is saved.
         prepared.parts.recommender.save_pretrained(
             recommender_folder, prepared.item_ids, extra={"aligned_with": adapter.version}
         )
-        seralm = registry.publish(
-            "seralm",
+        seralm = publish(
+            settings,
+            settings.recommender.family,
             recommender_folder,
-            {
-                "metrics": metrics,
-                "llm_version": f"{base_llm}+{adapter.version}",
-                "adapter_version": adapter.version,
-                "run": summary,
-            },
+            VersionMetadata(
+                metrics=metrics,
+                llm_version=f"{base_llm}+{adapter.version}",
+                adapter_version=adapter.version,
+                extra={"run": summary},
+            ),
         )
-    announce(settings, seralm)
     return adapter, seralm
 
 
