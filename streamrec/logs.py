@@ -37,6 +37,27 @@ LIBRARIES = (
     "urllib3",
 )
 
+# Library warnings about their own routine retries and timings: the normal path raises
+# them and the operation then succeeds (a real failure still raises, and is reported).
+# Logger -> a fragment of the message.
+ROUTINE_WARNINGS = {
+    # kafka-python retries a metadata refresh while its connection is busy: our producers
+    # allow one request in flight per connection, for ordering.
+    "kafka.cluster": "No node available for metadata refresh",
+    # kafka-python times each step of its network thread against a 0.1 s developer
+    # threshold, which compressing a batch on a loaded machine passes.
+    "kafka.net.selector": "threshold). It is blocking the event loop",
+}
+
+
+class _DropRoutine(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
 
 def verbose_requested() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
@@ -56,6 +77,12 @@ def configure(verbose: bool = False) -> None:
     library_level = logging.INFO if verbose else logging.WARNING
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
+    for name, fragment in ROUTINE_WARNINGS.items():
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _DropRoutine)]:
+            logger.removeFilter(old)
+        if not verbose:
+            logger.addFilter(_DropRoutine(fragment))
     # Read by transformers and huggingface_hub when they are imported (later, lazily).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     if not verbose:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    TopicAlreadyExistsError,
+)
 
 from streamrec.services import kafka_bootstrap
 from streamrec.settings import Settings
@@ -25,8 +30,27 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
+def await_group_coordinator(admin: KafkaAdminClient, group_id: str, timeout_s: float) -> None:
+    """Block until the broker can coordinate `group_id`.
+
+    A new broker creates its offsets topic at the first coordinator lookup and
+    answers "not available" until the topic is loaded. The stream worker's
+    consumer would retry too, but aiokafka logs each failed lookup as an ERROR.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.describe_groups([group_id])
+            return
+        except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics; returns the names that were created."""
+    """Create the missing topics and wait until the stream worker's consumer group can be
+    coordinated; returns the names of the topics that were created."""
     admin = KafkaAdminClient(
         bootstrap_servers=kafka_bootstrap(settings), client_id="streamrec-admin"
     )
@@ -47,6 +71,7 @@ def ensure_topics(settings: Settings) -> list[str]:
                 )
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently by another client")
+        await_group_coordinator(admin, settings.streams.app_id, settings.kafka.start_timeout_s)
         return missing
     finally:
         admin.close()
