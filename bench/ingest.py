@@ -1,59 +1,37 @@
 """Ingestion benchmark: producer -> Kafka -> stream worker -> rows readable in ClickHouse.
 
-    python bench/ingest.py --json bench/out/ingest.json [--events 100000 1000000]
+    python -m bench.ingest --json bench/out/ingest.json [--events 100000 1000000]
 
 For each size it reports end-to-end throughput (from the first send until
 every row is readable), and in the same run the raw rate at which kafka-python
 consumes the same events from the same broker, to give their ratio. Then it
 sends events at a fixed rate and measures freshness: the time from sending a
-probe event to seeing it through `HistoryStore`. Services are started in a
-temporary data directory unless the settings name running ones.
+probe event to seeing it through `HistoryStore`. Kafka and ClickHouse are started
+in a temporary data directory for the run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import random
-import statistics
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from streamrec.db import migrate  # noqa: E402
-from streamrec.history import HistoryStore  # noqa: E402
-from streamrec.services import LocalServices  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from streamrec.v1 import events_pb2  # noqa: E402
-from streams.producer import InteractionProducer, now_ms  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-from tests.integration.helpers import (  # noqa: E402
-    StreamWorker,
-    count_rows,
-    isolated_environment,
-    wait_for,
-)
+from bench.common import isolated_settings, local_services, parser, percentile
+from bench.results import write_result
+from streamrec.db import count_rows
+from streamrec.history import HistoryStore
+from streamrec.services import LocalServices
+from streamrec.services.children import StreamWorker, wait_for
+from streamrec.settings import Settings
+from streamrec.v1 import events_pb2
+from streams.producer import InteractionProducer, now_ms
 
 NUM_USERS, NUM_ITEMS = 10_000, 50_000
 PROBE_USER_BASE = 10_000_000
-
-
-def _isolated_settings(services_settings: Settings, base_env: dict[str, str]):
-    overrides = isolated_environment(services_settings, base_env)
-    os.environ.update(overrides)
-    settings = Settings()
-    migrate(settings)
-    ensure_topics(settings)
-    return settings, overrides
 
 
 def _produce(settings: Settings, count: int, seed: int = 0) -> float:
@@ -100,8 +78,8 @@ def _raw_consume_rate(settings: Settings, count: int) -> float:
     return seen / elapsed
 
 
-def throughput_run(services_settings, base_env, count: int, workdir: Path) -> dict:
-    settings, overrides = _isolated_settings(services_settings, base_env)
+def throughput_run(launcher: LocalServices, count: int, workdir: Path) -> dict:
+    settings, overrides = isolated_settings(launcher)
     worker = StreamWorker(settings, overrides, workdir / f"worker-{count}.log")
     worker.start()
     # Let the worker join its group before timing starts.
@@ -124,9 +102,9 @@ def throughput_run(services_settings, base_env, count: int, workdir: Path) -> di
     }
 
 
-def freshness_run(services_settings, base_env, rate: float, seconds: float, workdir: Path) -> dict:
+def freshness_run(launcher: LocalServices, rate: float, seconds: float, workdir: Path) -> dict:
     """Events at `rate`/s; every 20th is a probe on its own user, timed until it is readable."""
-    settings, overrides = _isolated_settings(services_settings, base_env)
+    settings, overrides = isolated_settings(launcher)
     worker = StreamWorker(settings, overrides, workdir / "worker-freshness.log")
     worker.start()
     time.sleep(8)
@@ -177,43 +155,30 @@ def freshness_run(services_settings, base_env, rate: float, seconds: float, work
         "achieved_rate": round(achieved),
         "probes": len(sent_at),
         "probes_seen": len(latencies),
-        "freshness_p50_s": round(statistics.median(latencies), 3),
-        "freshness_p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3),
+        "freshness_p50_s": round(percentile(latencies, 50), 3),
+        "freshness_p99_s": round(percentile(latencies, 99), 3),
         "freshness_max_s": round(latencies[-1], 3),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True, help="where to write the report")
-    parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--rate", type=float, default=2000.0, help="freshness run: events/s")
-    parser.add_argument("--seconds", type=float, default=30.0, help="freshness run: duration")
-    args = parser.parse_args()
+    options = parser("ingest", __doc__)
+    options.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
+    options.add_argument("--rate", type=float, default=2000.0, help="freshness run: events/s")
+    options.add_argument("--seconds", type=float, default=30.0, help="freshness run: duration")
+    args = options.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    base = Settings(data_dir=workdir / "data")
-    launcher = LocalServices(base)
-    launcher.start()
-    services_settings = launcher.connected_settings()
-    base_env = {
-        "STREAMREC_DATA_DIR": str(base.data_dir),
-        "STREAMREC_CACHE_DIR": str(base.cache_dir),
-    }
-    try:
+    with local_services("streamrec-bench-") as (workdir, launcher):
         runs = []
         for count in args.events:
-            run = throughput_run(services_settings, base_env, count, workdir)
+            run = throughput_run(launcher, count, workdir)
             print(json.dumps(run), flush=True)
             runs.append(run)
-        freshness = freshness_run(services_settings, base_env, args.rate, args.seconds, workdir)
+        freshness = freshness_run(launcher, args.rate, args.seconds, workdir)
         print(json.dumps(freshness), flush=True)
-    finally:
-        launcher.stop()
     largest = max(runs, key=lambda r: r["events"])
     report = {
         "benchmark": "ingest",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "events": largest["events"],
         "events_per_s": largest["events_per_s"],
         "raw_consume_per_s": largest["raw_consume_per_s"],
@@ -223,9 +188,7 @@ def main() -> None:
         "throughput_runs": runs,
         "freshness_run": freshness,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    print(f"wrote {write_result(args.json, report)}")
 
 
 if __name__ == "__main__":

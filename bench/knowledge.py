@@ -1,6 +1,6 @@
 """Knowledge throughput: items/s of generate + encode with the default LLM, by batch size.
 
-    python bench/knowledge.py --json bench/out/knowledge.json \\
+    python -m bench.knowledge --json bench/out/knowledge.json \\
         [--batch-sizes 1 2 4 8 16 32 64] [--items 4] [--max-new-tokens 48] [--threads 1]
 
 Each batch size generates knowledge for max(batch size, --items) MovieLens-100K items
@@ -11,22 +11,17 @@ SeRALM reports 2.57 s per item with a 7B LLM on an A100.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from models.knowledge.prompts import template_for  # noqa: E402
-from streamrec.datasets import load_dataset  # noqa: E402
-from streamrec.settings import get_settings  # noqa: E402
-from workers.knowledge_job import (  # noqa: E402
+from bench.common import parser
+from bench.results import write_result
+from models.knowledge.prompts import template_for
+from streamrec.datasets import load_dataset
+from streamrec.settings import get_settings
+from workers.knowledge_job import (
     dataset_items,
     domain_of,
     load_encoder,
@@ -71,13 +66,11 @@ def measure(settings, items, batch_sizes, min_items, max_new_tokens) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", required=True, type=Path, help="Where the report goes.")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    parser.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=0, help="Torch CPU threads (0: default).")
-    args = parser.parse_args()
+    options = parser("knowledge", __doc__, threads=True)
+    options.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    options.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
+    options.add_argument("--max-new-tokens", type=int, default=48)
+    args = options.parse_args()
 
     settings = get_settings()
     settings.knowledge.threads = args.threads
@@ -97,13 +90,10 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens,
             "min_items_per_batch_size": args.items,
             "encoder": "all-minilm-l6-v2",
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
             "anchor": "SeRALM: 2.57 s per item, 7B LLM, one A100",
-            "command": " ".join(sys.argv),
         }
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
+    write_result(args.json, report)
     print(json.dumps({key: report[key] for key in ("llm", "cpu", "gpu")}, indent=1))
 
 

@@ -1,6 +1,6 @@
 """RecSysLLM against plain supervised fine-tuning of the same LLM with the same LoRA.
 
-    python bench/recsysllm.py --json bench/out/recsysllm.json [--users 100 --steps 60]
+    python -m bench.recsysllm --json bench/out/recsysllm.json [--users 100 --steps 60]
 
 RecSysLLM: entity-aware masked behaviour texts beside the tasks, intra-entity
 positions, trie-constrained decoding. SFT (the paper's ChatGLM+SFT row, on our
@@ -12,15 +12,14 @@ global-mean-rating baseline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from bench.common import evaluation_row, parser, use_threads
+from bench.results import write_result
 from streamrec.datasets import load_dataset
 from streamrec.settings import Settings
 from workers import recsysllm_training as training
@@ -28,30 +27,18 @@ from workers import recsysllm_training as training
 
 def rows_for(model: str, dataset: str, seed: int, metrics: dict, note: str) -> list[dict]:
     return [
-        {
-            "dataset": dataset,
-            "model": model,
-            "variant": task,
-            "seeds": [seed],
-            "metrics": values,
-            "std": {name: 0.0 for name in values},
-            "note": note,
-        }
+        evaluation_row(dataset, model, task, [seed], [values], note)
         for task, values in sorted(metrics.items())
     ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", required=True, type=Path)
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--users", type=int, default=100, help="training users")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--eval-users", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    options = parser("recsysllm", __doc__, dataset=True, threads=True)
+    options.add_argument("--users", type=int, default=100, help="training users")
+    options.add_argument("--steps", type=int, default=60)
+    options.add_argument("--eval-users", type=int, default=10)
+    args = options.parse_args()
+    use_threads(args.threads)
     settings = Settings()
     settings = settings.model_copy(
         update={
@@ -80,7 +67,7 @@ def main() -> None:
         seconds[name] = round(time.perf_counter() - started, 1)
         for row in rows_for(name, args.dataset, config.seed, metrics, note):
             rows.append({**row, "seconds": seconds[name]})
-        write(args.json, rows)  # a run cut short keeps the models it finished
+        write_result(args.json, rows)  # a run cut short keeps the models it finished
     ratings = [r for u in users for r in data.histories[u].ratings[:-2] if r is not None]
     mean = float(np.mean(ratings))
     errors = np.array([data.histories[u].ratings[-1] - mean for u in held_out])
@@ -95,13 +82,8 @@ def main() -> None:
         },
     }
     rows += rows_for("baseline", args.dataset, config.seed, baseline, note)
-    write(args.json, rows)
+    write_result(args.json, rows)
     print(json.dumps(rows, indent=2))
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Serving benchmark: RecommenderService latency and throughput with ClickHouse histories.
 
-    python bench/serving.py --json bench/out/serving.json
+    python -m bench.serving --json bench/out/serving.json
 
 MovieLens-100K is streamed through Kafka and the stream worker into ClickHouse
 (services in a temporary data directory), a SASRec is trained on its training
@@ -14,41 +14,26 @@ top-k for one history) gives the floor, so the serving overhead is a ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import random
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from serving.first_model import train_first_model  # noqa: E402
-from streamrec.registry import ModelRegistry  # noqa: E402
-from streamrec.services import LocalServices, free_port  # noqa: E402
-from streamrec.settings import Settings  # noqa: E402
-from tests.integration.helpers import (  # noqa: E402
-    StreamWorker,
-    count_rows,
-    isolated_environment,
-    wait_for,
-)
+from bench.common import isolated_settings, local_services, parser, percentile
+from bench.results import write_result
+from serving.first_model import train_first_model
+from streamrec.db import count_rows
+from streamrec.registry import ModelRegistry
+from streamrec.services import free_port
+from streamrec.services.children import StreamrecProcess, StreamWorker, wait_for
+from streamrec.services.process import port_open
+from streamrec.settings import Settings
 
 CONCURRENCY = (1, 8, 32)
 K = 10
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def bare_latency(settings: Settings, version, histories: list[list[int]], n: int) -> dict:
@@ -139,18 +124,6 @@ def run_load(port: int, concurrency: int, seconds: float, warmup: float, users: 
     }
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.25)
-    raise RuntimeError("the server did not start")
-
-
 def server_figures(metrics_port: int) -> dict[str, float]:
     """The server's own sums and counts: Recommend latency and model batch sizes."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -174,18 +147,16 @@ def server_figures(metrics_port: int) -> dict[str, float]:
 def serve_and_load(environment: dict, cache: bool, users, seconds, warmup, workdir) -> dict:
     port, metrics_port = free_port(), free_port()
     env = {
-        **os.environ,
         **environment,
         "STREAMREC_SERVING__PORT": str(port),
         "STREAMREC_SERVING__METRICS_PORT": str(metrics_port),
         "STREAMREC_SERVING__HISTORY_CACHE_TTL_S": "60" if cache else "0",
     }
-    log = open(workdir / f"serve-{'cache' if cache else 'nocache'}.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "serve"], env=env, stdout=log, stderr=log
-    )
+    log = workdir / f"serve-{'cache' if cache else 'nocache'}.log"
+    server = StreamrecProcess(["serve"], env, log)
+    server.start()
     try:
-        wait_for_port(port, server)
+        wait_for(lambda: port_open(port), 120, "`streamrec serve` to listen", server)
         results = {}
         for concurrency in CONCURRENCY:
             before = server_figures(metrics_port)
@@ -202,45 +173,28 @@ def serve_and_load(environment: dict, cache: bool, users, seconds, warmup, workd
             print(f"cache={cache} c={concurrency}: {results[str(concurrency)]}", flush=True)
         return results
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True, help="where to write the report")
-    parser.add_argument("--registry", type=Path, help="a registry holding a seralm version")
-    parser.add_argument("--epochs", type=int, default=3, help="SASRec epochs when training here")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--bare", type=int, default=1000, help="bare-path queries")
-    args = parser.parse_args()
+    options = parser("serving", __doc__)
+    options.add_argument("--registry", type=Path, help="a registry holding a seralm version")
+    options.add_argument("--epochs", type=int, default=3, help="SASRec epochs when training here")
+    options.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level")
+    options.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    options.add_argument("--bare", type=int, default=1000, help="bare-path queries")
+    args = options.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-serving-"))
-    base = Settings(data_dir=workdir / "data")
-    launcher = LocalServices(base)
-    launcher.start()
-    try:
-        services_settings = launcher.connected_settings()
-        base_env = {
-            "STREAMREC_DATA_DIR": str(base.data_dir),
-            "STREAMREC_CACHE_DIR": str(base.cache_dir),
-        }
-        environment = {
-            **isolated_environment(services_settings, base_env),
-            "STREAMREC_REGISTRY__ROOT": str(args.registry or workdir / "registry"),
-            "STREAMREC_SERVING__RELOAD_FROM_TOPIC": "false",
-        }
-        os.environ.update(environment)
-        settings = Settings()
+    with local_services("streamrec-bench-serving-") as (workdir, launcher):
+        settings, environment = isolated_settings(
+            launcher,
+            STREAMREC_REGISTRY__ROOT=str(args.registry or workdir / "registry"),
+            STREAMREC_SERVING__RELOAD_FROM_TOPIC="false",
+        )
 
         from streamrec.datasets import load_dataset
-        from streamrec.db import migrate
         from streams.replay import replay_dataset
-        from streams.topics import ensure_topics
 
-        migrate(settings)
-        ensure_topics(settings)
         registry = ModelRegistry.from_settings(settings)
         version = registry.latest("seralm") or train_first_model(settings, "ml-100k", args.epochs)
         print(f"model {version.family}/{version.version} at {version.path}", flush=True)
@@ -272,18 +226,10 @@ def main() -> None:
         print(bare, flush=True)
         cached = serve_and_load(environment, True, users, args.seconds, args.warmup, workdir)
         uncached = serve_and_load(environment, False, users, args.seconds, args.warmup, workdir)
-    finally:
-        launcher.stop()
 
     c1, c8, c32 = cached["1"], cached["8"], cached["32"]
     report = {
         "benchmark": "serving",
-        # Load average at the end: other processes on the machine share its cores.
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        },
         "model": {
             "family": version.family,
             "version": version.version,
@@ -302,10 +248,8 @@ def main() -> None:
         },
         "paper_anchor": "SeRALM_rec 3.36 ms on an A100",
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    print(f"wrote {args.json}")
+    print(f"wrote {write_result(args.json, report)}")
 
 
 if __name__ == "__main__":
