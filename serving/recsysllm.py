@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def load_served(version: ModelVersion, settings: Settings):
-    from models.recsysllm.artifact import load_artifact
+    from models.recsysllm.artifact import RecSysLLMArtifact
     from streamrec.assets import load_llm
 
-    artifact = load_artifact(version.path, lambda path: load_llm(path, settings)[0])
+    artifact = RecSysLLMArtifact.from_pretrained(
+        version.path, lambda path: load_llm(path, settings)[0]
+    )
     artifact.version = version.version
     return artifact
 

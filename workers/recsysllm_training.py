@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from models.metrics import hit_rate, ndcg
-from models.recsysllm.artifact import RecSysLLMArtifact, save_artifact
+from models.metrics import CUTOFFS, ranking_metrics, ranks_from_scores, ranks_in_lists
+from models.recsysllm.artifact import RecSysLLMArtifact
 from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
 from models.recsysllm.modeling_recsysllm import RecSysLLM, add_marker_tokens
 from models.recsysllm.prompts import candidate_segments, templates
@@ -225,7 +225,7 @@ def sample_users(data: RecSysLLMData, count: int, seed: int) -> list[int]:
 def publish_artifact(settings: Settings, artifact: RecSysLLMArtifact, metadata: VersionMetadata):
     """The artifact saved and published as the next `recsysllm.family` version."""
     with tempfile.TemporaryDirectory() as scratch:
-        folder = save_artifact(Path(scratch) / "recsysllm", artifact)
+        folder = artifact.save_pretrained(Path(scratch) / "recsysllm")
         return publish(settings, settings.recsysllm.family, folder, metadata)
 
 

@@ -1,5 +1,7 @@
-"""The folder a registry version of RecSysLLM holds: the model (LoRA adapter or
-full weights), its tokenizer, the catalog titles and the user profiles."""
+"""The folder a registry version of RecSysLLM holds: the model's artifact (the LoRA
+adapter or the full weights, the intra-entity positions, config.json; see
+`RecSysLLM.save_pretrained`), its tokenizer, and catalog.json with the catalog titles and
+the user profiles. config.json is written last and covers every file here."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.recsysllm.modeling_recsysllm import RecSysLLM
+from models import artifacts
+from models.recsysllm.modeling_recsysllm import FAMILY, RecSysLLM
 from models.recsysllm.textualise import UserProfile, entity
 from models.recsysllm.trie import EntityTrie
+
+CATALOG_FILE = "catalog.json"
+TOKENIZER_FOLDER = "tokenizer"
 
 
 @dataclass
@@ -29,37 +35,42 @@ class RecSysLLMArtifact:
         self.item_of = {tuple(tokens): item for item, tokens in self.item_tokens.items()}
         self.trie = EntityTrie(self.item_tokens.values())
 
+    def save_pretrained(self, folder: Path | str) -> Path:
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder / TOKENIZER_FOLDER)
+        catalog = {
+            "titles": {str(item): title for item, title in self.titles.items()},
+            "profiles": {str(user): asdict(p) for user, p in self.profiles.items()},
+        }
+        (folder / CATALOG_FILE).write_text(json.dumps(catalog))
+        return self.model.save_pretrained(folder, self.base_llm)
 
-def save_artifact(folder: Path, artifact: RecSysLLMArtifact) -> Path:
-    artifact.model.save(folder)
-    artifact.tokenizer.save_pretrained(folder / "tokenizer")
-    catalog = {
-        "base_llm": artifact.base_llm,
-        "titles": {str(item): title for item, title in artifact.titles.items()},
-        "profiles": {str(user): asdict(p) for user, p in artifact.profiles.items()},
-    }
-    (folder / "catalog.json").write_text(json.dumps(catalog))
-    return folder
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: Path | str,
+        load_base: Callable[[str], object] | None = None,
+        device: str = "cpu",
+    ) -> RecSysLLMArtifact:
+        """`load_base(path)` loads the base LLM of a LoRA version (not needed otherwise)."""
+        from transformers import AutoTokenizer
 
+        from models.recsysllm.modeling_recsysllm import add_marker_tokens
 
-def load_artifact(
-    folder: Path, load_base: Callable[[str], object] | None = None
-) -> RecSysLLMArtifact:
-    """`load_base(path)` loads the base LLM of a LoRA version (not needed otherwise)."""
-    from transformers import AutoTokenizer
-
-    from models.recsysllm.modeling_recsysllm import add_marker_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    catalog = json.loads((folder / "catalog.json").read_text())
-    base = None
-    if catalog["base_llm"]:
-        base = load_base(catalog["base_llm"])
-        add_marker_tokens(tokenizer, base)
-    return RecSysLLMArtifact(
-        model=RecSysLLM.load(folder, base),
-        tokenizer=tokenizer,
-        titles={int(item): title for item, title in catalog["titles"].items()},
-        profiles={int(u): UserProfile(**p) for u, p in catalog["profiles"].items()},
-        base_llm=catalog["base_llm"],
-    )
+        folder = Path(folder)
+        base_llm = artifacts.load_config(folder, FAMILY)["base_llm"]
+        tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_FOLDER)
+        catalog = json.loads((folder / CATALOG_FILE).read_text())
+        base = None
+        if base_llm:
+            if load_base is None:
+                raise artifacts.ArtifactError(f"{folder} needs its base LLM {base_llm}")
+            base = load_base(base_llm)
+            add_marker_tokens(tokenizer, base)
+        return cls(
+            model=RecSysLLM.from_pretrained(folder, base, device),
+            tokenizer=tokenizer,
+            titles={int(item): title for item, title in catalog["titles"].items()},
+            profiles={int(u): UserProfile(**p) for u, p in catalog["profiles"].items()},
+            base_llm=base_llm,
+        )

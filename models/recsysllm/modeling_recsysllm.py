@@ -5,21 +5,29 @@ embedding (zero-initialised, so the wrapped model starts out exactly as the base
 model) is summed into the input embeddings. Training uses LoRA on the attention
 and MLP projections, with the three marker tokens' embedding rows trainable
 (they are new to the vocabulary and would otherwise stay indistinguishable).
+
+`save_pretrained` writes the shared artifact folder (`models/artifacts.py`): with LoRA the
+adapter, in peft's own safetensors folder, is what is versioned, and the base LLM is
+loaded from where the caller's settings say.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from models import artifacts
 from models.recsysllm.configuration_recsysllm import MARKER_TOKENS, RecSysLLMConfig
 from models.recsysllm.masking import IGNORE_INDEX, InfillingExample
 from models.recsysllm.trie import EntityTrie
+
+FAMILY = "recsysllm"
+ADAPTER_FOLDER = "adapter"  # peft's adapter_config.json and adapter_model.safetensors
+LLM_FOLDER = "llm"  # the whole LLM, when trained without LoRA
 
 
 def add_marker_tokens(tokenizer, model) -> list[int]:
@@ -213,29 +221,44 @@ class RecSysLLM(nn.Module):
                 break  # no partial entity can still beat the worst finished one
         return done[:beams]
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.llm.save_pretrained(folder / "llm")
-        torch.save(self.intra_position.state_dict(), folder / "intra_position.pt")
-        meta = {"config": self.config.to_dict(), "marker_ids": self.marker_ids}
-        (folder / "recsysllm.json").write_text(json.dumps(meta, indent=2))
+    def save_pretrained(self, folder: Path | str, base_llm: str = "") -> Path:
+        """The LoRA adapter (peft's own safetensors folder) or, without LoRA, the whole LLM,
+        the intra-entity position embedding and the config; `base_llm` names the LLM the
+        adapter applies to, recorded for `from_pretrained`'s caller."""
+        folder = Path(folder)
+        self.llm.save_pretrained(folder / (ADAPTER_FOLDER if self.config.lora_rank else LLM_FOLDER))
+        artifacts.save_module(folder, self.intra_position)
+        return artifacts.save_config(
+            folder,
+            FAMILY,
+            FAMILY,
+            self.config.to_dict(),
+            marker_ids=self.marker_ids,
+            base_llm=base_llm,
+        )
 
     @classmethod
-    def load(cls, folder: Path, base_model=None) -> RecSysLLM:
+    def from_pretrained(cls, folder: Path | str, base_model=None, device: str = "cpu") -> RecSysLLM:
         """With LoRA, `base_model` is the LLM the adapter was trained on (markers added)."""
-        meta = json.loads((folder / "recsysllm.json").read_text())
-        config = RecSysLLMConfig.from_dict(meta["config"])
-        if config.lora_rank > 0:
+        folder = Path(folder)
+        document = artifacts.load_config(folder, FAMILY)
+        config = RecSysLLMConfig.from_dict(document["config"])
+        if config.lora_rank:
             from peft import PeftModel
 
-            llm = PeftModel.from_pretrained(base_model, folder / "llm")
+            if base_model is None:
+                raise artifacts.ArtifactError(
+                    f"{folder} holds a LoRA adapter: give the base LLM it applies to "
+                    f"({document['base_llm'] or 'not recorded'})"
+                )
+            llm = PeftModel.from_pretrained(base_model, folder / ADAPTER_FOLDER)
         else:
             from transformers import AutoModelForCausalLM
 
-            llm = AutoModelForCausalLM.from_pretrained(folder / "llm")
-        model = cls(llm, config, meta["marker_ids"])
-        model.intra_position.load_state_dict(torch.load(folder / "intra_position.pt"))
-        return model.eval()
+            llm = AutoModelForCausalLM.from_pretrained(folder / LLM_FOLDER)
+        model = cls(llm, config, document["marker_ids"])
+        artifacts.load_module(folder, model.intra_position)
+        return model.to(device).eval()
 
 
 def collate(examples: list[InfillingExample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import grpc
 import pytest
 import torch
 
-from models.recsysllm.artifact import RecSysLLMArtifact, save_artifact
+from models.recsysllm.artifact import RecSysLLMArtifact
 from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
 from models.recsysllm.modeling_recsysllm import RecSysLLM
 from models.recsysllm.textualise import UserProfile
@@ -66,7 +66,7 @@ def world(services, tmp_path_factory):
         model, tok, ITEMS, {STORED_USER: UserProfile(30, "F", "writer")}, ""
     )
     version = ModelRegistry.from_settings(settings).add(
-        "recsysllm", save_artifact(folder / "v1", artifact)
+        "recsysllm", artifact.save_pretrained(folder / "v1")
     )
     return settings, version
 

@@ -1,5 +1,5 @@
 """The RecSysLLM wrapper: starts as its base model, trains only what it should,
-learns a small multi-task set, and round-trips through save/load."""
+learns a small multi-task set, and round-trips through save_pretrained/from_pretrained."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
+from models.artifacts import ArtifactError
 from models.recsysllm.configuration_recsysllm import MARKER_TOKENS, RecSysLLMConfig
 from models.recsysllm.masking import Segment, prompt_context, task_example
 from models.recsysllm.modeling_recsysllm import RecSysLLM, collate
@@ -86,19 +88,35 @@ def test_a_tiny_model_learns_a_small_multitask_set():
         assert rank_answers(model, context, positions, ratings)[0] + 1 == int(rating)
 
 
-def test_save_and_load_give_the_same_scores(tmp_path):
+def test_save_pretrained_round_trip_gives_the_same_scores(tmp_path):
     tok, llm, markers = tiny_llm(seed=3)
     base_copy = copy.deepcopy(llm)
     model = RecSysLLM.for_training(llm, RecSysLLMConfig(lora_rank=4), markers)
     train(model, multitask_examples(tok, markers), steps=3, batch_size=4, learning_rate=1e-2)
     with torch.no_grad():
         model.intra_position.weight.add_(0.01)  # make the saved embedding non-trivial
-    model.save(tmp_path / "recsysllm")
-    loaded = RecSysLLM.load(tmp_path / "recsysllm", base_copy)
+    folder = model.save_pretrained(tmp_path / "recsysllm", base_llm="tiny")
+    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    # The adapter in peft's safetensors format, the positions and the config: no pickle.
+    assert files == [
+        "adapter/README.md",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "config.json",
+        "model.safetensors",
+    ]
+    with pytest.raises(ArtifactError, match="base LLM it applies to \\(tiny\\)"):
+        RecSysLLM.from_pretrained(folder)
+    loaded = RecSysLLM.from_pretrained(folder, copy.deepcopy(base_copy))
+    assert not loaded.training
     batch = collate(multitask_examples(tok, markers)[:2], markers[2])
     del batch["labels"]
     with torch.no_grad():
         assert torch.allclose(model.eval()(**batch).logits, loaded(**batch).logits, atol=1e-5)
+    adapter = folder / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-64])  # a truncated copy
+    with pytest.raises(ArtifactError, match="corrupt: adapter/adapter_model.safetensors"):
+        RecSysLLM.from_pretrained(folder, base_copy)
 
 
 def test_amazon_reviews_become_explanation_examples(tmp_path):
