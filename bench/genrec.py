@@ -1,13 +1,13 @@
 """GenRec with and without pretraining (the paper's Table 3) beside SASRec, and serving latency.
 
-    python bench/genrec.py --json OUT [--dataset ml-100k] [--seeds 2020] [--variants ...]
+    python -m bench.genrec --json OUT [--dataset ml-100k] [--seeds 2020] [--variants ...]
 
 Rows in the project's evaluation format: `genrec` `pretrain` and `no_pretrain`
 (with `valid_item_rate` among their metrics) and `sasrec` `base`, trained on
 the same train split and scored on the same test examples under the
 recommenders' protocol: every earlier item of the user is masked (GenRec's
 beams never spell one), and GenRec's ranking is its generated top-20 list, so
-a target outside it ranks past 20. SASRec trains as `bench/accuracy.py` trains
+a target outside it ranks past 20. SASRec trains as `bench.accuracy` trains
 it (the recommender settings, early stopping on validation). A last row,
 `genrec` `serving`, holds GenRecService latency over loopback gRPC at
 concurrency 1 and 8 (histories in the request). `--variants` splits the work
@@ -17,10 +17,8 @@ attention dropout. Each row's `note` says which knobs were used.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 import random
 import statistics
 import sys
@@ -28,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench.common import evaluation_row, log_progress, parser, percentile, use_threads
+from bench.results import write_result
 from models.genrec import GenRec
 from models.metrics import ranking_metrics
 from models.training import RankingTask, rank_targets
@@ -110,11 +109,10 @@ async def _latency(settings, folder: Path, histories: list[list[int]], requests:
                 began = time.perf_counter()
                 await asyncio.gather(*(client() for _ in range(concurrency)))
                 wall = time.perf_counter() - began
-                timings.sort()
                 figures[f"concurrency_{concurrency}"] = {
                     "requests": len(timings),
-                    "p50_ms": round(1000 * statistics.median(timings), 1),
-                    "p95_ms": round(1000 * timings[int(0.95 * (len(timings) - 1))], 1),
+                    "p50_ms": round(1000 * percentile(timings, 50), 1),
+                    "p95_ms": round(1000 * percentile(timings, 95), 1),
                     "requests_per_s": round(len(timings) / wall, 2),
                 }
     finally:
@@ -165,32 +163,25 @@ def _step_time_rows(dataset_name: str, dataset, chosen, steps: int, seed: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", required=True, type=Path, help="Where to write the rows.")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seeds", type=int, nargs="+", help="Default: genrec.seed.")
-    parser.add_argument(
+    options = parser("genrec", __doc__, dataset=True, threads=True)
+    options.add_argument("--seeds", type=int, nargs="+", help="Default: genrec.seed.")
+    options.add_argument(
         "--variants",
         nargs="+",
         default=[*GENREC_VARIANTS, "sasrec"],
         choices=[*GENREC_VARIANTS, "sasrec", "step_time"],
         help="step_time: the median training step per ID writing and attention dropout.",
     )
-    parser.add_argument("--timed-steps", type=int, default=20, help="Steps step_time times.")
-    parser.add_argument("--max-steps", type=int, help="Optimizer steps per phase (cap).")
-    parser.add_argument("--pretrain-epochs", type=int)
-    parser.add_argument("--finetune-epochs", type=int)
-    parser.add_argument("--max-history", type=int)
-    parser.add_argument("--max-eval", type=int, default=0, help="Test examples (0: all).")
-    parser.add_argument("--latency-requests", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=0, help="Torch threads (0: default).")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    # Run as a script, this folder leads sys.path and its serving.py would shadow `serving`.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != here]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    options.add_argument("--timed-steps", type=int, default=20, help="Steps step_time times.")
+    options.add_argument("--max-steps", type=int, help="Optimizer steps per phase (cap).")
+    options.add_argument("--pretrain-epochs", type=int)
+    options.add_argument("--finetune-epochs", type=int)
+    options.add_argument("--max-history", type=int)
+    options.add_argument("--max-eval", type=int, default=0, help="Test examples (0: all).")
+    options.add_argument("--latency-requests", type=int, default=100)
+    args = options.parse_args(argv)
+    log_progress()
+    use_threads(args.threads)
 
     settings = get_settings()
     seeds = args.seeds or [settings.genrec.seed]
@@ -221,18 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += _step_time_rows(args.dataset, dataset, chosen, args.timed_steps, seeds[0])
 
     def add_row(model_name: str, variant: str, runs: list[dict], details: list[dict], note):
-        keys = [key for key in runs[0] if isinstance(runs[0][key], int | float)]
         rows.append(
-            {
-                "dataset": args.dataset,
-                "model": model_name,
-                "variant": variant,
-                "seeds": seeds,
-                "metrics": {key: float(np.mean([run[key] for run in runs])) for key in keys},
-                "std": {key: float(np.std([run[key] for run in runs])) for key in keys},
-                "runs": details,
-                "note": note,
-            }
+            evaluation_row(args.dataset, model_name, variant, seeds, runs, note, runs=details)
         )
 
     last_model = None
@@ -257,8 +238,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if last_model is not None:
         rows.append(_serving_row(args, settings, chosen, dataset, last_model, test, seeds, knobs))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
+    write_result(args.json, rows)
     print(json.dumps(rows, indent=2))
 
 
