@@ -1,6 +1,6 @@
 """Accuracy of the sequential recommenders on a dataset under RecBole's protocol, as JSON.
 
-    python bench/accuracy.py --json OUT [--dataset ml-100k] [--knowledge DIR]
+    python -m bench.accuracy --json OUT [--dataset ml-100k] [--knowledge DIR]
         [--models sasrec lightsans caser gru4rec] [--seeds 2020 2021 2022]
         [--variants base na_llm facts_only llm_text_only] [--fractions 0.1 0.3]
         [--max-epochs N] [--max-seconds S]
@@ -21,7 +21,6 @@ Caps (`--max-epochs`, `--max-seconds`, fewer seeds) are written into each row's 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import evaluation_row, log_progress, parser, use_threads
+from bench.results import write_result
 from models.knowledge.prompts import template_for
 from models.metrics import ranking_metrics, ranks_from_scores
 from streamrec.datasets import load_dataset
@@ -58,14 +59,7 @@ def popularity_row(data: ProtocolData) -> dict:
         scores[row, torch.from_numpy(masked)] = float("-inf")
     scores[:, 0] = float("-inf")
     metrics = ranking_metrics(ranks_from_scores(scores, data.test.targets))
-    return {
-        "dataset": data.dataset_name,
-        "model": "pop",
-        "variant": "pop",
-        "seeds": [],
-        "metrics": metrics,
-        "std": dict.fromkeys(metrics, 0.0),
-    }
+    return evaluation_row(data.dataset_name, "pop", "pop", [], [metrics])
 
 
 def ablation_knowledge(settings, dataset, source: Path, variant: str, folder: Path) -> Path:
@@ -118,14 +112,12 @@ def log_epoch(model: str, variant: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", required=True, help="Where to write the rows.")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument(
+    options = parser("accuracy", __doc__, dataset=True)
+    options.add_argument(
         "--knowledge", help="Knowledge folder (default <data_dir>/knowledge/<dataset>)."
     )
-    parser.add_argument("--models", nargs="+", default=["sasrec", "lightsans", "caser", "gru4rec"])
-    parser.add_argument(
+    options.add_argument("--models", nargs="+", default=["sasrec", "lightsans", "caser", "gru4rec"])
+    options.add_argument(
         "--variants",
         nargs="+",
         default=["base", "na_llm"],
@@ -133,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         help="na_llm encodes the default document (the item's facts, then the LLM's "
         "knowledge); facts_only and llm_text_only encode one part of it (the ablation).",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, help="Default: recommender.seeds.")
-    parser.add_argument("--fractions", nargs="*", type=float, default=[0.1, 0.3])
-    parser.add_argument("--max-epochs", type=int, default=0, help="Epoch cap (0: settings).")
-    parser.add_argument("--max-seconds", type=float, default=0, help="Per-seed time cap.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    options.add_argument("--seeds", nargs="+", type=int, help="Default: recommender.seeds.")
+    options.add_argument("--fractions", nargs="*", type=float, default=[0.1, 0.3])
+    options.add_argument("--max-epochs", type=int, default=0, help="Epoch cap (0: settings).")
+    options.add_argument("--max-seconds", type=float, default=0, help="Per-seed time cap.")
+    args = options.parse_args(argv)
+    log_progress()
 
     settings = get_settings()
     recommender = settings.recommender
@@ -148,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_seconds:
         updates["max_seconds"] = args.max_seconds
     settings = settings.model_copy(update={"recommender": recommender.model_copy(update=updates)})
-    if settings.recommender.threads:
-        torch.set_num_threads(settings.recommender.threads)
+    use_threads(settings.recommender.threads)
     seeds = args.seeds or settings.recommender.seeds
     notes = []
     if len(seeds) < 3:
@@ -165,19 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.knowledge or settings.data_dir / "knowledge" / args.dataset)
     needs_llm = {"na_llm", "llm_text_only"} & set(args.variants)
     if needs_llm and not (source / "vectors.npy").is_file():
-        parser.error(f"no knowledge in {source}: run `streamrec knowledge generate` first")
+        options.error(f"no knowledge in {source}: run `streamrec knowledge generate` first")
     folders = {"na_llm": source}
     for variant in {"facts_only", "llm_text_only"} & set(args.variants):
-        ablation = Path(args.json).parent / "knowledge-ablation" / args.dataset / variant
+        ablation = args.json.parent / "knowledge-ablation" / args.dataset / variant
         folders[variant] = ablation_knowledge(settings, dataset, source, variant, ablation)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rows = [popularity_row(data)]
-
-    def write() -> None:
-        out.write_text(json.dumps(rows, indent=1))
-
-    write()
+    write_result(args.json, rows)
     plan = [(model, variant, 1.0) for model in args.models for variant in args.variants]
     if LOW_RESOURCE_MODEL in args.models:
         plan += [
@@ -203,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             row["knowledge_coverage"] = summary.get("coverage")
         row["seconds"] = round(time.monotonic() - started, 1)
         rows.append(row)
-        write()
+        write_result(args.json, rows)
         log.info("%s %s: ndcg@10 %.4f", model, variant.name, row["metrics"]["ndcg@10"])
     print(json.dumps(rows, indent=1))
     return 0

@@ -61,7 +61,7 @@ def evaluation_row(
     dataset: str, model: str, variant: str, seeds, per_seed: list[dict], note="", **extra
 ):
     """The project's evaluation row: the mean and (population) std over seeds of every
-    numeric figure of the first seed's metrics, then `note` and any `extra` keys."""
+    numeric figure of the first seed's metrics, then any `extra` keys and the `note`."""
     names = [key for key, value in per_seed[0].items() if isinstance(value, int | float)]
     return {
         "dataset": dataset,
@@ -71,7 +71,7 @@ def evaluation_row(
         "metrics": {name: statistics.fmean(m[name] for m in per_seed) for name in names},
         "std": {name: statistics.pstdev([m[name] for m in per_seed]) for name in names},
         **extra,
-        "note": note,
+        **({"note": note} if note else {}),
     }
 
 
