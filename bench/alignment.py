@@ -1,6 +1,6 @@
 """SeRALM's ablations (paper Table 1 and figure 5) and async-vs-sync speed, written as JSON.
 
-    python bench/alignment.py --json OUT [--dataset ml-100k] [--seeds 0 1 2] ...
+    python -m bench.alignment --json OUT [--dataset ml-100k] [--seeds 0 1 2] ...
 
 Rows in the project's evaluation format, variants:
 
@@ -22,7 +22,6 @@ CPU every knob is small, and the rows' `note` says which.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -34,17 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import evaluation_row, log_progress, parser
+from bench.results import write_result
 from models.alignment.policy import adapter_state, load_adapter_state
-from models.alignment.recommender import knowledge_table_name
+from models.device import resolve_device
 from streamrec.settings import get_settings
 from workers.alignment.job import (
     align,
     evaluate,
     prepare,
     regenerate_knowledge,
-    resolve_device,
     run_summary,
-    set_knowledge,
 )
 from workers.recommender_training import protocol_data
 
@@ -111,7 +110,6 @@ def _seed_rows(settings, args, seed: int) -> tuple[dict[str, dict], dict, dict]:
     parts, dataset = prepared.parts, prepared.dataset
     log.info("seed %d: prepared in %.0fs", seed, time.perf_counter() - started)
     test = protocol_data(dataset).test
-    table_name = knowledge_table_name(parts.recommender, prepared.table)
     items = _popular_items(dataset, args.regenerate_items)
 
     def score(model) -> dict:
@@ -144,20 +142,20 @@ def _seed_rows(settings, args, seed: int) -> tuple[dict[str, dict], dict, dict]:
 
     rec, aligned_table = aligned("seralm", refresh_interval=args.refresh)
     metrics["na_llm_a_rec"] = score(rec)
-    set_knowledge(rec, table_name, aligned_table)
+    rec.fusion.set_knowledge(aligned_table)
     metrics["seralm"] = score(rec)
     na_with_aligned = copy.deepcopy(na_rec)
-    set_knowledge(na_with_aligned, table_name, aligned_table)
+    na_with_aligned.fusion.set_knowledge(aligned_table)
     metrics["a_llm_na_rec"] = score(na_with_aligned)
 
     rec, table = aligned("slow_refresh", refresh_interval=args.refresh * 60)
-    set_knowledge(rec, table_name, table)
+    rec.fusion.set_knowledge(table)
     metrics["slow_refresh"] = score(rec)
 
     rec, table = aligned(
         "seralm[target_item]", refresh_interval=args.refresh, resample="target_item"
     )
-    set_knowledge(rec, table_name, table)
+    rec.fusion.set_knowledge(table)
     metrics["seralm[target_item]"] = score(rec)
 
     speed = {}
@@ -177,48 +175,30 @@ def _seed_rows(settings, args, seed: int) -> tuple[dict[str, dict], dict, dict]:
     return metrics, runs, speed
 
 
-def _row(dataset, model, variant, seeds, per_seed: list[dict], note: str) -> dict:
-    names = per_seed[0].keys()
-    return {
-        "dataset": dataset,
-        "model": model,
-        "variant": variant,
-        "seeds": seeds,
-        "metrics": {k: statistics.fmean(m[k] for m in per_seed) for k in names},
-        "std": {
-            k: statistics.pstdev([m[k] for m in per_seed]) if len(per_seed) > 1 else 0.0
-            for k in names
-        },
-        "note": note,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", required=True, type=Path, help="Where to write the rows.")
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=None, help="Alignment iterations.")
-    parser.add_argument("--refresh", type=int, default=None, help="Snapshot refresh interval.")
-    parser.add_argument("--speed-iterations", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--pretrain-epochs", type=int, default=None)
-    parser.add_argument("--eval-users", type=int, default=0, help="Test users (0: all).")
-    parser.add_argument(
+    options = parser("alignment", __doc__, dataset=True)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--iterations", type=int, default=None, help="Alignment iterations.")
+    options.add_argument("--refresh", type=int, default=None, help="Snapshot refresh interval.")
+    options.add_argument("--speed-iterations", type=int, default=20)
+    options.add_argument("--batch-size", type=int, default=None)
+    options.add_argument("--max-new-tokens", type=int, default=None)
+    options.add_argument("--max-examples", type=int, default=None)
+    options.add_argument("--pretrain-epochs", type=int, default=None)
+    options.add_argument("--eval-users", type=int, default=0, help="Test users (0: all).")
+    options.add_argument(
         "--regenerate-items", type=int, default=0, help="Most popular items re-written (0: all)."
     )
-    parser.add_argument("--regenerate-batch-size", type=int, default=16)
-    parser.add_argument(
+    options.add_argument("--regenerate-batch-size", type=int, default=16)
+    options.add_argument(
         "--na-items-here",
         action="store_true",
         help="Write those items' not-aligned knowledge here first (the rest stays cached).",
     )
-    parser.add_argument("--threads", type=int, default=None, help="Torch threads per process.")
-    parser.add_argument("--note", default="", help="Added to every row's note.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    options.add_argument("--threads", type=int, default=None, help="Torch threads per process.")
+    options.add_argument("--note", default="", help="Added to every row's note.")
+    args = options.parse_args(argv)
+    log_progress()
 
     settings = get_settings()
     overrides = {
@@ -265,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         speeds.append(speed)
 
     rows = [
-        _row(args.dataset, chosen.recommender, variant, args.seeds, values, note)
+        evaluation_row(args.dataset, chosen.recommender, variant, args.seeds, values, note)
         for variant, values in per_variant.items()
     ]
     for row in rows:
@@ -285,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": note,
         }
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
+    write_result(args.json, rows)
     print(json.dumps(rows, indent=2))
     return 0
 
