@@ -24,17 +24,20 @@ KERNEL_MODELS_IMPORTERS = {"streamrec/registry.py"}
 COMPOSITION_ROOT = "streamrec/cli/"
 
 
+def imported(node: ast.AST) -> list[str]:
+    """The modules an (absolute) import statement names; none for any other node."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []
+
+
 def project_imports(path: Path, top_level_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
     for node in tree.body if top_level_only else ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update(name.split(".")[0] for name in names)
+        found.update(name.split(".")[0] for name in imported(node))
     return found & PROJECT_PACKAGES
 
 
@@ -68,9 +71,37 @@ def test_the_cli_imports_the_planes_only_inside_its_commands():
     assert not broken, "\n".join(broken)
 
 
+def path_hacks_and_test_imports(path: Path) -> list[str]:
+    """Where a module edits `sys.path` or imports from `tests`, by line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Attribute) and node.attr == "path":
+            if isinstance(node.value, ast.Name) and node.value.id == "sys":
+                found.append(f"{node.lineno}: sys.path")
+        tests = [name for name in imported(node) if name.split(".")[0] == "tests"]
+        found += [f"{node.lineno}: imports {name}" for name in tests]
+    return sorted(found, key=lambda place: int(place.split(":")[0]))
+
+
+def test_the_benches_run_as_a_package():
+    """`python -m bench.<name>` from the repository root: no bench or test touches sys.path,
+    and no bench imports the tests (the launcher they share is in the kernel)."""
+    broken = []
+    for path in modules("bench") + modules("tests"):
+        relative = path.relative_to(ROOT).as_posix()
+        for place in path_hacks_and_test_imports(path):
+            if relative.startswith("bench/") or "sys.path" in place:
+                broken.append(f"{relative}:{place}")
+    assert not broken, "\n".join(broken)
+
+
 def test_the_rule_checker_sees_a_forbidden_import(tmp_path):
     module = tmp_path / "agent.py"
     module.write_text("import os\nfrom serving.server import build\nimport workers.trainer\n")
     assert project_imports(module) == {"serving", "workers"}
     module.write_text("import os\n\ndef command():\n    from serving.server import build\n")
     assert project_imports(module, top_level_only=True) == set()
+    module.write_text(
+        "import sys\nsys.path.insert(0, '.')\nfrom tests.integration import helpers\n"
+    )
+    assert path_hacks_and_test_imports(module) == ["2: sys.path", "3: imports tests.integration"]
