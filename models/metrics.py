@@ -48,7 +48,12 @@ def rank_under_protocol(
     earlier items) excluded; a target among its own earlier items is still ranked."""
     scores = torch.as_tensor(scores).float()
     targets = torch.as_tensor(targets, device=scores.device).long()
-    masked = [np.fromiter((int(i) for i in items), dtype=np.int64) for items in masked_items]
+    masked = [
+        np.asarray(items if isinstance(items, np.ndarray | list | tuple) else list(items))
+        .astype(np.int64)
+        .ravel()
+        for items in masked_items
+    ]
     if len(masked) != len(scores):
         raise ValueError(f"{len(masked)} masked item lists for {len(scores)} score rows")
     rows = np.repeat(np.arange(len(masked)), [len(items) for items in masked])

@@ -1,14 +1,18 @@
-"""Ranking metrics against hand-computed values, NaN-safe ranks, the protocol mask, and the
-ranks of generated lists."""
+"""Ranking metrics against hand-computed values, NaN-safe ranks, the protocol mask, the
+ranks of generated lists, and the same figures from every family's evaluator."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
+from models.genrec.modeling_genrec import Generated
 from models.metrics import (
+    CUTOFFS,
     degenerate_scores,
     hit_rate,
     mrr,
@@ -86,3 +90,85 @@ def test_ranks_in_generated_lists():
     assert ranking_metrics(ranks)["hr@20"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         ranks_in_lists(lists, [1])
+
+
+N_ITEMS = 40
+
+
+class TableRecommender(torch.nn.Module):
+    """Scores every item by a learnable table row chosen by the last history item; as a
+    generator, the top-k of that row without the banned items (GenRec's beams do that)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(torch.rand(N_ITEMS, N_ITEMS, generator=generator))
+        self.config = SimpleNamespace(n_items=N_ITEMS)
+
+    def full_scores(self, item_seq, item_seq_len):
+        last = item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)
+        return self.table[last]
+
+    def encode(self, users, histories):
+        return histories
+
+    def generate(self, histories, k, beam_size, banned):
+        results = []
+        for history, ban in zip(histories, banned, strict=True):
+            order = torch.argsort(self.table[history[-1]], descending=True).tolist()
+            results.append(Generated(items=[i for i in order if i and i not in ban][:k]))
+        return results
+
+
+def known_examples(count: int = 60, seed: int = 1):
+    """Histories of 1-6 distinct items and targets, some among their own history."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(count):
+        history = rng.choice(np.arange(1, N_ITEMS), int(rng.integers(1, 7)), replace=False)
+        target = int(history[0]) if rng.random() < 0.2 else int(rng.integers(1, N_ITEMS))
+        examples.append((history.tolist(), target))
+    return examples
+
+
+def test_every_family_gives_the_same_figures_for_the_same_ranks():
+    from models.training import RankingTask
+    from models.training import evaluate as sequential_evaluate
+    from streamrec.settings import GenRecSettings
+    from workers import genrec_training, trainer
+    from workers.alignment.job import evaluate as alignment_evaluate
+
+    model, examples = TableRecommender(), known_examples()
+    # Models read a window of 3 items; the protocol masks the whole history.
+    histories, lengths, targets = trainer.to_tensors(
+        [trainer.Example(history, target) for history, target in examples], 3, "cpu"
+    )
+    masked = [[i for i in history if i != target] for history, target in examples]
+    task = RankingTask(histories, lengths, targets, masked)
+
+    sequential = sequential_evaluate(model, task)
+    assert 0.2 < sequential["hr@20"] < 0.9 and sequential["ndcg@10"] > 0  # hits and misses
+    assert alignment_evaluate(model, task) == sequential
+    held_out = [trainer.Example(history, target) for history, target in examples]
+    assert trainer.heldout_ndcg(model, held_out, 3) == (sequential["ndcg@10"], None)
+    genrec = genrec_training.evaluate(
+        model,
+        [genrec_training.Example(0, tuple(history), None, t) for history, t in examples],
+        GenRecSettings(eval_batch_size=16, max_eval_examples=0),
+        k=max(CUTOFFS),
+        masked=masked,
+    )
+    assert genrec.pop("examples") == len(examples) and genrec.pop("valid_item_rate") == 1.0
+    assert genrec == sequential
+    # RecSysLLM's two paths, one user at a time: the rank in its top-20 list of next
+    # items (`ranks_in_lists`), and the rank of the target by its score in a pool
+    # (`ranks_from_scores`), here a pool of every item the protocol ranks.
+    in_lists, in_pools = [], []
+    for (history, target), ban in zip(examples, masked, strict=True):
+        items = model.generate([history], max(CUTOFFS), 0, [set(ban)])[0].items
+        in_lists.append(float(ranks_in_lists([items], [target])[0]))
+        pool = [i for i in range(1, N_ITEMS) if i not in ban]
+        scores = model.table[history[-1]].detach()[pool]
+        in_pools.append(int(ranks_from_scores(scores.unsqueeze(0), [pool.index(target)])[0]))
+    assert ranking_metrics(in_lists) == sequential
+    assert ranking_metrics(in_pools) == sequential
