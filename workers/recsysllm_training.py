@@ -26,7 +26,7 @@ from models.recsysllm.modeling_recsysllm import RecSysLLM, add_marker_tokens
 from models.recsysllm.prompts import candidate_segments, templates
 from models.recsysllm.tasks import RATINGS, TaskWriter, UserHistory
 from models.recsysllm.textualise import UserProfile
-from models.recsysllm.training import generate_text, rank_answers, train
+from models.recsysllm.training import generate_text, train
 from streamrec.registry import VersionMetadata, publish
 from streamrec.settings import Settings
 
@@ -146,7 +146,11 @@ def evaluate(
     constrained: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Metrics per task and prompt set ("next_item/seen", "rating/unseen", ...);
-    `constrained` False decodes next items as free text (no trie)."""
+    `constrained` False decodes next items as free text (no trie).
+
+    Next items are a top-20 list that never holds one of the user's earlier items
+    (the protocol's mask, `ranks_in_lists`); candidates are ranked by their scores
+    (`ranks_from_scores`: ties and NaN pessimistic); both get every family's figures."""
     config = settings.recsysllm
     model, tokenizer = artifact.model.eval(), artifact.tokenizer
     writer = writer_for(settings, tokenizer, model, data.titles)
@@ -163,7 +167,11 @@ def evaluate(
         history = until(data.histories[user], 0)
         *earlier, target = history.items
         context = writer.context(history.profile, earlier, rng)
-        seen_items = {tuple(artifact.item_tokens[i]) for i in earlier if i in artifact.item_tokens}
+        seen_items = {
+            tuple(artifact.item_tokens[i])
+            for i in earlier
+            if i != target and i in artifact.item_tokens
+        }
         negatives = [i for i in rng.sample(catalog, 4 * config.candidates) if i not in earlier]
         pool = negatives[: config.candidates - 1] + [target]
         rng.shuffle(pool)
@@ -173,7 +181,7 @@ def evaluate(
             ids, positions = writer.inference_input(prompt)
             if constrained:
                 found = model.beam_search_entities(
-                    ids, positions, artifact.trie, 10, exclude=seen_items
+                    ids, positions, artifact.trie, max(CUTOFFS), exclude=seen_items
                 )
                 items = [artifact.item_of[tuple(tokens)] for tokens, _ in found]
                 valid = float(all(tuple(t) in artifact.trie for t, _ in found))
@@ -183,7 +191,7 @@ def evaluate(
                     [artifact.item_of[tuple(tokens)]] if tuple(tokens) in artifact.item_of else []
                 )
                 valid = float(bool(items))
-            rank = items.index(target) + 1 if target in items else 10**6
+            rank = float(ranks_in_lists([items], [target])[0])
             record(f"next_item/{label}", rank=rank, valid=valid)
             prompt = writer.prompt(
                 templates("candidates", seen)[0],
@@ -191,8 +199,9 @@ def evaluate(
                 candidates=candidate_segments([data.titles[i] for i in pool]),
             )
             ids, positions = writer.inference_input(prompt)
-            order = rank_answers(model, ids, positions, [artifact.item_tokens[i] for i in pool])
-            record(f"candidates/{label}", rank=order.index(pool.index(target)) + 1, valid=1.0)
+            scores = model.sequence_scores(ids, positions, [artifact.item_tokens[i] for i in pool])
+            rank = int(ranks_from_scores(scores.unsqueeze(0), [pool.index(target)])[0])
+            record(f"candidates/{label}", rank=rank, valid=1.0)
             if history.ratings[-1] is not None:
                 prompt = writer.prompt(
                     templates("rating", seen)[0], context, item=data.titles[target]
@@ -204,9 +213,7 @@ def evaluate(
     metrics = {}
     for key, values in results.items():
         if "rank" in values:
-            ranks = torch.tensor(values["rank"], dtype=torch.float)
-            metrics[key] = {f"hr@{k}": hit_rate(ranks, k) for k in (1, 5, 10)}
-            metrics[key].update({f"ndcg@{k}": ndcg(ranks, k) for k in (5, 10)})
+            metrics[key] = ranking_metrics(values["rank"])
             metrics[key]["valid_item_rate"] = float(np.mean(values["valid"]))
         else:
             errors = np.array(values["error"])
