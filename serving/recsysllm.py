@@ -60,7 +60,8 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
     async def start(self) -> None:
         await self.holder.refresh()
         if self.holder.current is None:
-            log.warning("no %s version in the registry yet", self.holder.family)
+            # Optional family: its service answers once a version is published.
+            log.info("no %s version in the registry yet", self.holder.family)
         self.holder.start()
 
     async def stop(self) -> None:

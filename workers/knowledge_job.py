@@ -338,7 +338,9 @@ class KnowledgeJob:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        consumer.subscribe([self.settings.kafka.knowledge_requests_topic])
+        topic = self.settings.kafka.knowledge_requests_topic
+        consumer.partitions_for_topic(topic)  # known before joining, as the trainer does
+        consumer.subscribe([topic])
         return consumer
 
     def _drain_requests(self, consumer) -> list[int]:

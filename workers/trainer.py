@@ -279,6 +279,9 @@ class OnlineTrainer:
             auto_offset_reset="earliest",
             max_poll_records=self.config.trainer_max_poll_messages,
         )
+        # The topic's metadata before joining: a group leader without it assigns nothing,
+        # warns, and rebalances once the metadata arrives.
+        self.consumer.partitions_for_topic(self.topic)
         self.consumer.subscribe([self.topic], listener=_SeekToCheckpoint(self))
 
     def absorb(self, batch: events_pb2.TrainingExampleBatch, stats: CycleStats) -> None:
