@@ -33,7 +33,7 @@ import torch
 from bench.common import evaluation_row, log_progress, parser, use_threads
 from bench.results import write_result
 from models.knowledge.prompts import template_for
-from models.metrics import ranking_metrics, ranks_from_scores
+from models.metrics import rank_under_protocol, ranking_metrics
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
 from workers.recommender_training import (
@@ -55,10 +55,7 @@ def popularity_row(data: ProtocolData) -> dict:
     scores = torch.from_numpy(counts.astype(np.float32)).repeat(len(data.test), 1)
     # Break ties by a fixed tiny jitter so equal counts do not share (pessimistic) ranks.
     scores += torch.rand(scores.shape[1], generator=torch.Generator().manual_seed(0)) * 1e-3
-    for row, masked in enumerate(data.test.masked):
-        scores[row, torch.from_numpy(masked)] = float("-inf")
-    scores[:, 0] = float("-inf")
-    metrics = ranking_metrics(ranks_from_scores(scores, data.test.targets))
+    metrics = ranking_metrics(rank_under_protocol(scores, data.test.targets, data.test.masked))
     return evaluation_row(data.dataset_name, "pop", "pop", [], [metrics])
 
 

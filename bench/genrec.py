@@ -31,8 +31,7 @@ import torch
 from bench.common import evaluation_row, log_progress, parser, percentile, use_threads
 from bench.results import write_result
 from models.genrec import GenRec
-from models.metrics import ranking_metrics
-from models.training import RankingTask, rank_targets
+from models.training import evaluate as sequential_evaluate
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
 from workers.genrec_training import (
@@ -47,23 +46,13 @@ from workers.recommender_training import Variant, protocol_data, run_variant
 GENREC_VARIANTS = ("no_pretrain", "pretrain")
 
 
-def _first(task: RankingTask, count: int) -> RankingTask:
-    """The first `count` examples of a ranking task (all when count is 0)."""
-    count = count or len(task)
-    return RankingTask(
-        task.histories[:count], task.lengths[:count], task.targets[:count], task.masked[:count]
-    )
-
-
 def _sasrec_runs(settings, dataset, seeds: list[int], eval_count: int) -> tuple[list, list]:
     """SASRec trained to early stopping per seed, tested on the same first examples."""
     data = protocol_data(dataset)
     _, runs = run_variant(settings, data, "sasrec", Variant("base"), seeds)
-    test = _first(data.test, eval_count)
-    metrics = [
-        ranking_metrics(rank_targets(run.model, test, settings.recommender.eval_batch_size))
-        for run in runs
-    ]
+    test = data.test.subset(range(min(eval_count or len(data.test), len(data.test))))
+    batch_size = settings.recommender.eval_batch_size
+    metrics = [sequential_evaluate(run.model, test, batch_size) for run in runs]
     details = [
         {
             "seed": run.seed,

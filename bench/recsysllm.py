@@ -13,13 +13,13 @@ global-mean-rating baseline.
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import numpy as np
 
 from bench.common import evaluation_row, parser, use_threads
 from bench.results import write_result
+from models.metrics import ranking_metrics
 from streamrec.datasets import load_dataset
 from streamrec.settings import Settings
 from workers import recsysllm_training as training
@@ -76,10 +76,8 @@ def main() -> None:
             "rmse": float(np.sqrt((errors**2).mean())),
             "mae": float(np.abs(errors).mean()),
         },
-        "candidates/random": {
-            "hr@1": 1 / config.candidates,
-            "ndcg@10": sum(1 / math.log2(r + 1) for r in range(1, 11)) / config.candidates,
-        },
+        # A random order puts the target at each position of the pool equally often.
+        "candidates/random": ranking_metrics(range(1, config.candidates + 1)),
     }
     rows += rows_for("baseline", args.dataset, config.seed, baseline, note)
     write_result(args.json, rows)
