@@ -41,16 +41,22 @@ def is_scalar(value) -> bool:
 
 
 def flat_row(row: dict, prefix: str = "") -> dict:
-    """A row's scalar fields, nested objects (e.g. `metrics`) flattened into dotted names."""
+    """A row's scalar fields and lists of scalars (joined by "/"), nested objects flattened
+    into dotted names; the evaluation format's `metrics` unprefixed, each with its `std`
+    (over seeds) beside it when there is one."""
     cells = {}
+    spread = row.get("std") if isinstance(row.get("std"), dict) else {}
     for key, value in row.items():
         if is_scalar(value):
             cells[prefix + key] = value
-        elif isinstance(value, dict):
-            nested = flat_row(value, f"{prefix}{key}.")
-            if key == "metrics":  # the evaluation format's metrics read best unprefixed
-                nested = {name.removeprefix(f"{prefix}metrics."): v for name, v in nested.items()}
-            cells.update(nested)
+        elif isinstance(value, list) and value and all(is_scalar(v) for v in value):
+            cells[prefix + key] = "/".join(number(v) for v in value)
+        elif key == "metrics" and isinstance(value, dict):
+            for name, mean in value.items():
+                std = spread.get(name)
+                cells[prefix + name] = f"{number(mean)} ± {number(std)}" if std else mean
+        elif isinstance(value, dict) and not (key == "std" and "metrics" in row):
+            cells.update(flat_row(value, f"{prefix}{key}."))
     return cells
 
 
@@ -110,6 +116,7 @@ def section(path: Path, directory: Path = RESULTS_DIR) -> list[str]:
     lines += [
         f"- commit: `{record['commit'][:12]}`{dirty}, date: {record['date']}",
         f"- machine: {info['cores']} cores, load {load} at the start and {end} at the end"
+        + (f", torch threads {info['torch_threads']}" if info.get("torch_threads") else "")
         + (f", GPU {info['gpu']}" if info.get("gpu") else "")
         + f"; {info.get('platform', '')}",
         "",
