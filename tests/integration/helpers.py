@@ -1,11 +1,45 @@
-"""Test data written straight into ClickHouse (the launcher and polling live in
-`streamrec.services.children`)."""
+"""Settings for an in-process server and test data written straight into ClickHouse (the
+launcher and polling live in `streamrec.services.children`)."""
 
 from __future__ import annotations
 
 import time
+import uuid
+from pathlib import Path
 
-from streamrec.db import connect
+from streamrec.db import connect, migrate
+from streamrec.settings import Settings
+
+
+def server_settings(
+    base: Settings, folder: Path, prefix: str, serving: dict | None = None, **sections: dict
+) -> Settings:
+    """`base` for a server started in the test: a new database `<prefix>_<suffix>` (created),
+    a registry under `folder`, any port, a fast registry poll and no reload topic; `serving`
+    and `sections` (a settings section's name -> values) change more."""
+    settings = base.model_copy(
+        update={
+            "clickhouse": base.clickhouse.model_copy(
+                update={"database": f"{prefix}_{uuid.uuid4().hex[:8]}"}
+            ),
+            "registry": base.registry.model_copy(update={"root": str(folder / "registry")}),
+            "serving": base.serving.model_copy(
+                update={
+                    "port": 0,
+                    "reload_poll_s": 0.3,
+                    "reload_from_topic": False,
+                    "max_request_history": 40,
+                    **(serving or {}),
+                }
+            ),
+            **{
+                name: getattr(base, name).model_copy(update=values)
+                for name, values in sections.items()
+            },
+        }
+    )
+    migrate(settings)
+    return settings
 
 
 def store_history(settings, user_id: int, items: list[int], prefix: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import grpc
 import numpy as np
@@ -14,10 +13,9 @@ import torch
 from models.genrec import DigitTokenizer, GenRec, GenRecConfig
 from serving.genrec import GenRecServicer
 from serving.server import GENREC, start_server
-from streamrec.db import migrate
 from streamrec.registry import ModelRegistry
 from streamrec.v1 import genrec_pb2, genrec_pb2_grpc
-from tests.integration.helpers import store_history
+from tests.integration.helpers import server_settings, store_history
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,26 +61,13 @@ def _publish(registry: ModelRegistry, folder, seed: int):
 @pytest.fixture(scope="module")
 def world(services, tmp_path_factory):
     folder = tmp_path_factory.mktemp("genrec-serving")
-    base = services.settings
-    settings = base.model_copy(
-        update={
-            "clickhouse": base.clickhouse.model_copy(
-                update={"database": f"genrec_{uuid.uuid4().hex[:8]}"}
-            ),
-            "registry": base.registry.model_copy(update={"root": str(folder / "registry")}),
-            "serving": base.serving.model_copy(
-                update={
-                    "port": 0,
-                    "reload_poll_s": 0.3,
-                    "reload_from_topic": False,
-                    "history_cache_ttl_s": 0.1,
-                    "max_request_history": 40,
-                }
-            ),
-            "genrec": base.genrec.model_copy(update={"beam_size": BEAM}),
-        }
+    settings = server_settings(
+        services.settings,
+        folder,
+        "genrec",
+        serving={"history_cache_ttl_s": 0.1},
+        genrec={"beam_size": BEAM},
     )
-    migrate(settings)
     store_history(settings, STORED_USER, STORED_HISTORY, "g")
     registry = ModelRegistry.from_settings(settings)
     first = _publish(registry, folder / "v1", seed=0)

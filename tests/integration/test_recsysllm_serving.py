@@ -4,7 +4,6 @@ histories from the request or from ClickHouse."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import grpc
 import pytest
@@ -16,10 +15,9 @@ from models.recsysllm.modeling_recsysllm import RecSysLLM
 from models.recsysllm.textualise import UserProfile
 from serving.recsysllm import RecSysLLMServicer
 from serving.server import RECSYSLLM, start_server
-from streamrec.db import migrate
 from streamrec.registry import ModelRegistry
 from streamrec.v1 import recsysllm_pb2, recsysllm_pb2_grpc
-from tests.integration.helpers import store_history
+from tests.integration.helpers import server_settings, store_history
 from tests.unit.recsysllm_helpers import TITLES, tiny_llm
 
 ITEMS = {601 + index: title for index, title in enumerate(TITLES)}
@@ -38,27 +36,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(services, tmp_path_factory):
     folder = tmp_path_factory.mktemp("recsysllm-serving")
-    base = services.settings
-    settings = base.model_copy(
-        update={
-            "clickhouse": base.clickhouse.model_copy(
-                update={"database": f"recsysllm_{uuid.uuid4().hex[:8]}"}
-            ),
-            "registry": base.registry.model_copy(update={"root": str(folder / "registry")}),
-            "serving": base.serving.model_copy(
-                update={
-                    "port": 0,
-                    "reload_poll_s": 0.3,
-                    "reload_from_topic": False,
-                    "max_request_history": 40,
-                }
-            ),
-            "recsysllm": base.recsysllm.model_copy(
-                update={"beams": 4, "explanation_tokens": 6, "max_candidates": 5}
-            ),
-        }
+    settings = server_settings(
+        services.settings,
+        folder,
+        "recsysllm",
+        recsysllm={"beams": 4, "explanation_tokens": 6, "max_candidates": 5},
     )
-    migrate(settings)
     store_history(settings, STORED_USER, STORED_HISTORY, "r")
     tok, llm, markers = tiny_llm()
     model = RecSysLLM(llm, RecSysLLMConfig(lora_rank=0), markers).eval()
