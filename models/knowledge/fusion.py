@@ -10,9 +10,16 @@ Two sources of knowledge vectors:
   the projection is trained (the default, and what serving uses);
 - `KnowledgeFusion(text=TextKnowledge(...))`: the text encoder runs inside the
   forward and is fine-tuned jointly with the recommender (the paper's setting).
+
+Alignment changes the pre-encoded table: `set_knowledge` replaces it (the aligned
+LLM's vectors), `swapped_knowledge` lends the layer another table for a block
+(one training instance's re-sampled rows).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -77,8 +84,8 @@ class KnowledgeFusion(nn.Module):
                 raise ValueError(
                     f"knowledge has {knowledge.shape[0]} rows for {n_items} items (row 0 = padding)"
                 )
-            # Not in the state dict: the checkpoint keeps it in knowledge.npy, which
-            # alignment rewrites with the aligned LLM's vectors.
+            # Not in the state dict: `SequentialRecommender.save_pretrained` stores
+            # `knowledge_table()` itself (the pre-encoded form of a text encoder too).
             self.register_buffer("knowledge", knowledge.detach().float().clone(), persistent=False)
         else:
             self.register_buffer("knowledge", None, persistent=False)
@@ -102,6 +109,36 @@ class KnowledgeFusion(nn.Module):
         if self.text is not None:
             return self.text()
         return self.knowledge
+
+    def _check_table(self, table: torch.Tensor) -> None:
+        if self.knowledge is None:
+            raise ValueError(
+                "this layer holds no pre-encoded knowledge table to replace"
+                + (" (its knowledge comes from a text encoder)" if self.text is not None else "")
+            )
+        if tuple(table.shape) != tuple(self.knowledge.shape):
+            raise ValueError(
+                f"a knowledge table must be {list(self.knowledge.shape)} (row 0 = padding), "
+                f"got {list(table.shape)}"
+            )
+
+    def set_knowledge(self, table: torch.Tensor) -> None:
+        """Replace the knowledge table for good (same shape). The layer keeps its own copy,
+        never writes into the old tensor: that one may be a table the caller still uses."""
+        self._check_table(table)
+        self.knowledge = table.detach().to(self.knowledge.device, torch.float32).clone()
+
+    @contextlib.contextmanager
+    def swapped_knowledge(self, table: torch.Tensor) -> Iterator[None]:
+        """`table` is the knowledge inside the block, as given (not copied: a table built
+        from differentiable rows keeps its graph), and the previous table after it."""
+        self._check_table(table)
+        previous = self.knowledge
+        self.knowledge = table
+        try:
+            yield
+        finally:
+            self.knowledge = previous
 
     def forward(self) -> torch.Tensor:
         """Every item's representation: [n_items, hidden]."""

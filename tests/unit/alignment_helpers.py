@@ -6,6 +6,9 @@ dozen CPU iterations are enough to see the alignment move the distribution.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -63,6 +66,23 @@ class BagOfWords:
         return vectors / np.maximum(norms, 1e-6)
 
 
+class ToyKnowledgeTable(torch.nn.Module):
+    """The toy's knowledge table, lent for a block as `KnowledgeFusion.swapped_knowledge`
+    lends a real recommender's (what alignment calls)."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("knowledge", table.clone(), persistent=False)
+
+    @contextlib.contextmanager
+    def swapped_knowledge(self, table: torch.Tensor) -> Iterator[None]:
+        previous, self.knowledge = self.knowledge, table
+        try:
+            yield
+        finally:
+            self.knowledge = previous
+
+
 class TinyKnowledgeRecommender(torch.nn.Module):
     """A small model of the recommender contract: an item's representation is its ID embedding
     plus its projected knowledge vector; a user is the mean of their history's items."""
@@ -71,13 +91,13 @@ class TinyKnowledgeRecommender(torch.nn.Module):
         super().__init__()
         self.item_embedding = torch.nn.Embedding(n_items, dim, padding_idx=0)
         if knowledge is not None:
-            self.register_buffer("knowledge", knowledge.clone())
+            self.fusion = ToyKnowledgeTable(knowledge)
             self.projection = torch.nn.Linear(knowledge.shape[1], dim)
 
     def item_representations(self) -> torch.Tensor:
         items = self.item_embedding.weight
-        if hasattr(self, "knowledge"):
-            items = items + self.projection(self.knowledge)
+        if hasattr(self, "fusion"):
+            items = items + self.projection(self.fusion.knowledge)
         return items
 
     def user_representation(self, item_seq, item_seq_len) -> torch.Tensor:

@@ -127,21 +127,16 @@ def test_k_items_sums_the_texts_of_each_instance():
 
 def test_per_instance_knowledge_on_the_real_sasrec():
     """p(y|x,s) with one instance's re-sampled rows equals the model's own scores once its
-    table holds those rows; the table is found by value, and alignment's writes replace it."""
-    from models.alignment.recommender import (
-        knowledge_table_name,
-        replace_rows,
-        target_log_probs_with_knowledge,
-    )
+    table holds those rows (the fusion layer's set_knowledge, what alignment publishes)."""
+    from models.alignment.recommender import replace_rows, target_log_probs_with_knowledge
     from models.sequential import build_recommender
-    from workers.alignment.job import set_knowledge, user_sequences
+    from workers.alignment.job import user_sequences
 
     torch.manual_seed(0)
     table = torch.randn(N_ITEMS, 5)
     model = build_recommender(
         "sasrec", N_ITEMS, {"hidden_size": 8, "max_seq_length": 4}, knowledge=table
     ).eval()
-    name = knowledge_table_name(model, table)
     item_seq = torch.tensor([[1, 2, 3, 0], [4, 0, 0, 0]])
     lengths = torch.tensor([3, 1])
     targets = torch.tensor([5, 6])
@@ -149,8 +144,8 @@ def test_per_instance_knowledge_on_the_real_sasrec():
     vectors = torch.randn(2, 1, 5)
     tables = replace_rows(table, items, vectors)
     with torch.no_grad():
-        log_p = target_log_probs_with_knowledge(model, name, tables, item_seq, lengths, targets)
-        set_knowledge(model, name, tables[1])
+        log_p = target_log_probs_with_knowledge(model, tables, item_seq, lengths, targets)
+        model.fusion.set_knowledge(tables[1])
         direct = torch.log_softmax(model.full_scores(item_seq[1:], lengths[1:]), -1)[0, 6]
     assert log_p[1].item() == pytest.approx(direct.item(), abs=1e-5)
     assert not torch.equal(tables[0][3], table[3]) and torch.equal(tables[0][4], table[4])

@@ -46,7 +46,7 @@ def _pretrain(model, histories, lengths, targets, tables=None, steps: int = 40):
             loss = torch.nn.functional.cross_entropy(scores, targets)
         else:
             loss = -target_log_probs_with_knowledge(
-                model, "knowledge", tables, histories, lengths, targets
+                model, tables, histories, lengths, targets
             ).mean()
         optimizer.zero_grad()
         loss.backward()

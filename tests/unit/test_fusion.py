@@ -1,8 +1,10 @@
-"""Knowledge fusion: concat(ID embedding, projected knowledge), both knowledge modes."""
+"""Knowledge fusion: concat(ID embedding, projected knowledge), both knowledge modes, and the
+table replaced for good or lent for a block."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import BertConfig, BertModel
 
@@ -64,9 +66,70 @@ def test_knowledge_changes_the_ranking_and_is_not_trained():
     model = build_recommender("sasrec", 11, TINY, knowledge=knowledge).eval()
     history, lengths = torch.tensor([[1, 2, 3, 0, 0, 0]]), torch.tensor([3])
     before = model.full_scores(history, lengths)
-    model.fusion.knowledge = knowledge.flip(0)
+    model.fusion.set_knowledge(knowledge.flip(0))
     assert not torch.allclose(before[:, 1:], model.full_scores(history, lengths)[:, 1:])
     assert all("knowledge" != name.split(".")[-1] for name, _ in model.named_parameters())
+
+
+def test_set_knowledge_keeps_its_own_copy_and_stays_out_of_the_state_dict():
+    torch.manual_seed(0)
+    cached = torch.randn(11, 4)
+    model = build_recommender("sasrec", 11, TINY, knowledge=cached).eval()
+    history, lengths = torch.tensor([[1, 2, 3, 0, 0, 0]]), torch.tensor([3])
+    replacement = torch.randn(11, 4, dtype=torch.float64)
+    model.fusion.set_knowledge(replacement)
+    scores = model.full_scores(history, lengths)
+    torch.testing.assert_close(model.fusion.knowledge, replacement.float())
+    assert model.fusion.knowledge.dtype == torch.float32
+    replacement.zero_()  # the caller's tensor changing later changes nothing
+    torch.testing.assert_close(model.full_scores(history, lengths), scores)
+    assert "fusion.knowledge" in dict(model.named_buffers())
+    assert "fusion.knowledge" not in model.state_dict()
+
+
+def test_swapped_knowledge_lends_a_table_and_restores_the_previous_one():
+    torch.manual_seed(0)
+    cached = torch.randn(11, 4)
+    model = build_recommender("sasrec", 11, TINY, knowledge=cached).eval()
+    history, lengths = torch.tensor([[1, 2, 3, 0, 0, 0]]), torch.tensor([3])
+    with torch.no_grad():
+        before = model.full_scores(history, lengths)
+    original = model.fusion.knowledge
+    # A table with rows to differentiate: the layer takes it as given, so autograd
+    # reaches both the recommender's parameters and the rows themselves.
+    rows = torch.randn(11, 4, requires_grad=True)
+    with model.fusion.swapped_knowledge(rows):
+        assert model.fusion.knowledge is rows
+        model.full_scores(history, lengths)[0, 5].backward()
+    assert rows.grad is not None and rows.grad.abs().sum() > 0
+    assert model.fusion.projection.weight.grad.abs().sum() > 0
+    assert model.fusion.knowledge is original and not original.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_scores(history, lengths), before)
+    # Restored after an error in the block too.
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.fusion.swapped_knowledge(torch.zeros(11, 4)):
+            raise RuntimeError("inside")
+    assert model.fusion.knowledge is original
+
+
+def test_a_table_of_the_wrong_shape_or_no_table_to_replace_is_an_error():
+    model = build_recommender("sasrec", 11, TINY, knowledge=torch.zeros(11, 4))
+    for wrong in (torch.zeros(10, 4), torch.zeros(11, 5)):
+        with pytest.raises(ValueError, match="must be \\[11, 4\\]"):
+            model.fusion.set_knowledge(wrong)
+        with pytest.raises(ValueError, match="must be \\[11, 4\\]"):
+            with model.fusion.swapped_knowledge(wrong):
+                pass
+    plain = build_recommender("sasrec", 11, TINY)
+    with pytest.raises(ValueError, match="no pre-encoded knowledge"):
+        plain.fusion.set_knowledge(torch.zeros(11, 4))
+    text = build_recommender(
+        "sasrec", 11, TINY, text=TextKnowledge(tiny_encoder(), *item_texts(11))
+    )
+    with pytest.raises(ValueError, match="text encoder"):
+        with text.fusion.swapped_knowledge(torch.zeros(11, 16)):
+            pass
 
 
 def test_wrong_knowledge_shapes_are_errors():

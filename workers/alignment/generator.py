@@ -30,7 +30,6 @@ from models.alignment.policy import (
     sample_knowledge,
 )
 from models.alignment.recommender import (
-    knowledge_table_name,
     replace_rows,
     target_log_probs,
     target_log_probs_with_knowledge,
@@ -124,7 +123,6 @@ class KnowledgeSampler:
         self.document_of = document_of
         self.task = task
         self.config = config
-        self.table_name = knowledge_table_name(recommender, task.knowledge)
         self.version = 0
         self.checksum = adapter_checksum(adapter_state(policy))
 
@@ -169,7 +167,7 @@ class KnowledgeSampler:
         self.recommender.eval()
         with autocast(device, config.dtype):
             log_p_with = target_log_probs_with_knowledge(
-                self.recommender, self.table_name, tables, item_seq, item_seq_len, targets
+                self.recommender, tables, item_seq, item_seq_len, targets
             )
             log_p_without = target_log_probs(
                 self.frozen_recommender, item_seq, item_seq_len, targets

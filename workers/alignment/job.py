@@ -386,18 +386,6 @@ def prepare(settings, dataset_name: str) -> Prepared:
     return Prepared(dataset, parts, table, summary, item_ids)
 
 
-def set_knowledge(recommender: torch.nn.Module, table_name: str, table: torch.Tensor) -> None:
-    """Write a new knowledge table into the recommender (what serving will use)."""
-    owner_name, _, leaf = table_name.rpartition(".")
-    owner = recommender.get_submodule(owner_name)
-    # A new tensor, never a copy into the old one: that one may be the cached table itself.
-    table = table.detach().clone().to(getattr(owner, leaf).device)
-    if leaf in owner._buffers:
-        owner._buffers[leaf] = table
-    else:
-        owner._parameters[leaf] = torch.nn.Parameter(table, requires_grad=False)
-
-
 def run_summary(run: AlignmentRun, window: int) -> dict:
     """The figures of a run that go into metadata, the CLI output and the bench."""
     window = max(1, min(window, len(run.records) // 2 or 1))
@@ -460,13 +448,11 @@ def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) 
 
 def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True) -> dict:
     """`streamrec align`: prepare, align, regenerate, evaluate, publish; the result figures."""
-    from models.alignment.recommender import knowledge_table_name
     from workers.recommender_training import protocol_data
 
     alignment = settings.alignment
     prepared = prepare(settings, dataset_name)
     parts = prepared.parts
-    table_name = knowledge_table_name(parts.recommender, prepared.table)
     run = align(parts, settings, progress=on_iteration)
     summary = run_summary(run, alignment.refresh_interval)
     items = sorted(prepared.dataset.items)
@@ -481,7 +467,7 @@ def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True
         alignment.regenerate_batch_size,
         alignment.regenerate_max_new_tokens,
     )
-    set_knowledge(parts.recommender, table_name, aligned_table)
+    parts.recommender.fusion.set_knowledge(aligned_table)  # what is evaluated and served
     metrics = evaluate(
         parts.recommender,
         protocol_data(prepared.dataset).test,

@@ -128,7 +128,7 @@ class AlignmentTrainer:
             task.knowledge.to(device), experience.items.to(device), experience.vectors.to(device)
         )
         rec_loss = -target_log_probs_with_knowledge(
-            self.recommender, self.sampler.table_name, tables, item_seq, item_seq_len, targets
+            self.recommender, tables, item_seq, item_seq_len, targets
         ).mean()
         self.rec_optimizer.zero_grad(set_to_none=True)
         rec_loss.backward()
@@ -161,10 +161,11 @@ class AlignmentTrainer:
         return Snapshot(
             version=version,
             adapters=adapter_state(self.policy),
+            # The knowledge table is no part of a state dict (a non-persistent buffer): the
+            # generator keeps the cached one, which never changes.
             recommender={
                 name: value.detach().to("cpu", copy=True)
                 for name, value in self.recommender.state_dict().items()
-                if name != self.sampler.table_name  # the cached table never changes
             },
         )
 
