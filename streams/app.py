@@ -28,6 +28,7 @@ from streamrec.v1 import events_pb2
 from streams.producer import now_ms
 from streams.sequences import apply_events
 from streams.sink import ClickHouseSink, interaction_row, item_row
+from streams.topics import KNOWN_ITEMS_TABLE, SEQUENCES_TABLE
 from streams.transport import App
 from streams.validation import Problem, interaction_problem, item_problem
 
@@ -73,8 +74,9 @@ examples_topic = app.topic(settings.kafka.training_examples_topic, **raw)
 knowledge_topic = app.topic(settings.kafka.knowledge_requests_topic, **raw)
 
 # Keyed like the source topics (user id, item id as text), so co-partitioned.
-sequences = app.Table("user-sequences", default=None, partitions=settings.kafka.partitions)
-known_items = app.Table("known-items", default=None, partitions=settings.kafka.partitions)
+# Their changelog topics are created beforehand by streams.topics.ensure_topics.
+sequences = app.Table(SEQUENCES_TABLE, default=None, partitions=settings.kafka.partitions)
+known_items = app.Table(KNOWN_ITEMS_TABLE, default=None, partitions=settings.kafka.partitions)
 
 sink = ClickHouseSink(settings)
 

@@ -30,6 +30,17 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
+# The stream worker's faust tables (streams/app.py); faust names each one's changelog
+# topic `<app id>-<table>-changelog` and compacts it.
+SEQUENCES_TABLE = "user-sequences"
+KNOWN_ITEMS_TABLE = "known-items"
+TABLES = (SEQUENCES_TABLE, KNOWN_ITEMS_TABLE)
+
+
+def changelog_topic_names(settings: Settings) -> list[str]:
+    return [f"{settings.streams.app_id}-{table}-changelog" for table in TABLES]
+
+
 def await_group_coordinator(admin: KafkaAdminClient, group_id: str, timeout_s: float) -> None:
     """Block until the broker can coordinate `group_id`.
 
@@ -50,13 +61,21 @@ def await_group_coordinator(admin: KafkaAdminClient, group_id: str, timeout_s: f
 
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics and wait until the stream worker's consumer group can be
-    coordinated; returns the names of the topics that were created."""
+    coordinated; returns the names of the topics that were created.
+
+    The tables' changelogs are created here too, although faust would create them: a
+    worker that creates them itself reads their metadata before it has spread, and
+    aiokafka and faust log that as an ERROR and a WARNING.
+    """
     admin = KafkaAdminClient(
         bootstrap_servers=kafka_bootstrap(settings), client_id="streamrec-admin"
     )
     try:
         existing = set(admin.list_topics())
-        missing = [name for name in topic_names(settings) if name not in existing]
+        compacted = {"cleanup.policy": "compact"}
+        wanted = [(name, None) for name in topic_names(settings)]
+        wanted += [(name, compacted) for name in changelog_topic_names(settings)]
+        missing = [(name, config) for name, config in wanted if name not in existing]
         if missing:
             try:
                 admin.create_topics(
@@ -65,13 +84,14 @@ def ensure_topics(settings: Settings) -> list[str]:
                             name,
                             num_partitions=settings.kafka.partitions,
                             replication_factor=settings.kafka.replication_factor,
+                            topic_configs=config,
                         )
-                        for name in missing
+                        for name, config in missing
                     ]
                 )
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently by another client")
         await_group_coordinator(admin, settings.streams.app_id, settings.kafka.start_timeout_s)
-        return missing
+        return [name for name, _ in missing]
     finally:
         admin.close()

@@ -12,7 +12,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faust
@@ -28,7 +32,9 @@ from faust.types.tuples import Message
 from faust.web.base import Web
 from prometheus_client import REGISTRY
 
+from streamrec.settings import Settings
 from streams import transport
+from streams.topics import changelog_topic_names
 
 STREAMS = Path(transport.__file__).parent
 
@@ -207,3 +213,27 @@ def test_the_message_fields_streams_app_reads():
     missing = read - set(Message.__slots__)
     assert not missing, f"faust internal changed: Message lost {sorted(missing)}"
     assert callable(aiokafka_driver.Consumer.highwater), "streams.app._track_lag calls it"
+
+
+def test_the_changelog_topics_ensure_topics_creates_are_the_ones_faust_uses(tmp_path):
+    """streams.app builds its App at import, with settings: a fresh interpreter reads them."""
+    script = (
+        "import json; from streams import app; print(json.dumps(sorted("
+        "[t.changelog_topic.get_topic_name(), t._changelog_compacting] "
+        "for t in app.app.tables.values())))"
+    )
+    environment = dict(
+        os.environ,
+        STREAMREC_DATA_DIR=str(tmp_path),
+        STREAMREC_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",  # never connected to
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    settings = Settings(data_dir=tmp_path)
+    expected = [[name, True] for name in sorted(changelog_topic_names(settings))]
+    assert json.loads(result.stdout) == expected, (
+        "faust internal changed: a table's changelog topic is no longer the compacted "
+        "'<app id>-<table>-changelog', or streams/app.py's tables are not streams.topics.TABLES"
+    )
