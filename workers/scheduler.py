@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 
@@ -21,6 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import Counter
 
+from streamrec.services.children import streamrec_command
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def scheduled_jobs(settings: Settings, alignment: bool) -> list[ScheduledJob]:
 def launch(job_name: str, command: tuple[str, ...]) -> int:
     """Run one job to its end as `python -m streamrec.cli COMMAND`; returns its exit code."""
     log.info("starting %s: streamrec %s", job_name, " ".join(command))
-    code = subprocess.call([sys.executable, "-m", "streamrec.cli", *command])
+    code = subprocess.call(streamrec_command(*command))
     LAUNCHES.labels(job_name, "succeeded" if code == 0 else "failed").inc()
     if code == 0:
         log.info("%s finished", job_name)

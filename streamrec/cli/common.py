@@ -18,6 +18,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+def recorded(settings, kind: str, run, errors: tuple[type[Exception], ...]):
+    """`run(job)` inside a `job_runs` row of this kind; the listed errors become messages."""
+    from streamrec.jobs import JobRecorder
+
+    try:
+        with JobRecorder(settings, kind) as job:
+            return run(job)
+    except errors as error:
+        fail(str(error))
+
+
 def with_overrides(settings, section: str, **values):
     """A copy of the settings with the options the user gave (not None) set in one section."""
     chosen = {key: value for key, value in values.items() if value is not None}
@@ -56,9 +67,17 @@ def print_runs(runs) -> None:
     from rich.table import Table
 
     table = Table(
-        "run", "kind", "status", "started (UTC)", "duration",
-        "ok", "failed", "skipped", "items/s", "LLM",
-    )  # fmt: skip
+        "run",
+        "kind",
+        "status",
+        "started (UTC)",
+        "duration",
+        "ok",
+        "failed",
+        "skipped",
+        "items/s",
+        "LLM",
+    )
     for run in runs:
         colour = RUN_COLOURS.get(run.status, "white")
         table.add_row(

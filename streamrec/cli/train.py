@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, epoch_printer, fail, with_overrides
+from streamrec.cli.common import console, epoch_printer, fail, recorded, with_overrides
 from streamrec.settings import get_settings
 
 genrec_app = typer.Typer(help="GenRec: generative recommendation with BART.", no_args_is_help=True)
@@ -48,6 +48,21 @@ def _recommender_setup(settings, model: str, dataset: str, knowledge: str | None
     return data, variant, summary
 
 
+def _trained_row(settings, data, model: str, variant, seeds: list[int], **options) -> dict:
+    """The variant trained once per seed, a progress line per epoch; its summary row."""
+    from rich.progress import Progress
+
+    from workers.recommender_training import run_variant
+
+    with Progress(console=console) as progress:
+        task = progress.add_task("training", total=None)
+        on_epoch = epoch_printer(progress, task)
+        row, _ = run_variant(
+            settings, data, model.lower(), variant, seeds, on_epoch=on_epoch, **options
+        )
+    return row
+
+
 def train(
     model: Annotated[str, typer.Option(help=f"{MODELS}.")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-100k",
@@ -62,34 +77,29 @@ def train(
     publish: Annotated[bool, typer.Option(help="Publish to the model registry.")] = False,
 ) -> None:
     """Train a recommender (early stopping on valid NDCG@10) and save its checkpoint."""
-    from rich.progress import Progress
-
-    from streamrec.registry import VersionMetadata, publish
-    from workers.recommender_training import checkpoint_folder, run_variant
+    from streamrec import registry
+    from workers.recommender_training import checkpoint_folder
 
     settings = get_settings()
     data, variant, summary = _recommender_setup(settings, model, dataset, knowledge, fraction)
     folder = Path(out) if out else checkpoint_folder(settings, dataset, model, variant.name, seed)
-    with Progress(console=console) as progress:
-        task = progress.add_task("training", total=None)
-        row, _ = run_variant(
-            settings,
-            data,
-            model.lower(),
-            variant,
-            [seed],
-            save_to=lambda _seed: folder,
-            on_epoch=epoch_printer(progress, task),
-            extra={"knowledge_dir": knowledge, "llm_version": summary.get("llm_version")},
-        )
+    row = _trained_row(
+        settings,
+        data,
+        model,
+        variant,
+        [seed],
+        save_to=lambda _seed: folder,
+        extra={"knowledge_dir": knowledge, "llm_version": summary.get("llm_version")},
+    )
     print(json.dumps(row, indent=1))
     console.print(f"checkpoint written to {folder}")
     if publish:
-        version = publish(
+        version = registry.publish(
             settings,
             settings.recommender.family,
             folder,
-            VersionMetadata(
+            registry.VersionMetadata(
                 metrics=row["metrics"],
                 llm_version=summary.get("llm_version"),
                 extra={"dataset": dataset, "model": model.lower(), "variant": variant.name},
@@ -135,10 +145,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """Test metrics under the protocol: one checkpoint, or mean and std over seeds."""
-    from rich.progress import Progress
-
-    from workers.recommender_training import run_variant
-
     settings = get_settings()
     data, variant, _ = _recommender_setup(settings, model, dataset, knowledge, fraction)
     if checkpoint:
@@ -148,12 +154,7 @@ def evaluate(
             chosen = [int(s) for s in seeds.split(",")] if seeds else settings.recommender.seeds
         except ValueError:
             fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-        with Progress(console=console) as progress:
-            task = progress.add_task("training", total=None)
-            row, _ = run_variant(
-                settings, data, model.lower(), variant, chosen,
-                on_epoch=epoch_printer(progress, task),
-            )  # fmt: skip
+        row = _trained_row(settings, data, model, variant, chosen)
     Path(json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(json_out).write_text(json.dumps([row], indent=1))
     print(json.dumps(row, indent=1))
@@ -172,23 +173,23 @@ def genrec_train(
 ) -> None:
     """Train GenRec (pretraining, then fine-tuning with the mask appended), evaluate it on
     the valid and test splits, and publish it for GenRecService."""
-    from streamrec.jobs import JobRecorder
     from workers.genrec_training import run_training_job
 
     if max_steps is not None and max_steps < 0:
         fail("--max-steps must not be negative")
     settings = with_overrides(get_settings(), "genrec", max_steps=max_steps)
-    try:
-        with JobRecorder(settings, "genrec") as job:
-            result = run_training_job(
-                settings,
-                dataset,
-                pretrain=pretrain,
-                publish=publish,
-                on_step=lambda rows, loss: job.progress(ok=rows),
-            )
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        fail(str(error))
+    result = recorded(
+        settings,
+        "genrec",
+        lambda job: run_training_job(
+            settings,
+            dataset,
+            pretrain=pretrain,
+            publish=publish,
+            on_step=lambda rows, loss: job.progress(ok=rows),
+        ),
+        (FileNotFoundError, ValueError, RuntimeError),
+    )
     console.print(json.dumps(result, indent=2))
 
 
@@ -201,19 +202,19 @@ def recsysllm_train(
     publish: Annotated[bool, typer.Option(help="Publish to the registry.")] = True,
 ) -> None:
     """Train RecSysLLM (LoRA on the default LLM), evaluate it and publish a version."""
-    from streamrec.jobs import JobRecorder
     from workers.recsysllm_training import run_training_job
 
     settings = with_overrides(get_settings(), "recsysllm", train_users=users, steps=steps)
-    try:
-        with JobRecorder(settings, "recsysllm") as job:
-            result = run_training_job(
-                settings,
-                dataset,
-                eval_users=eval_users,
-                publish_version=publish,
-                on_trained=lambda count: job.progress(ok=count),
-            )
-    except (KeyError, ValueError, FileNotFoundError) as error:
-        fail(str(error))
+    result = recorded(
+        settings,
+        "recsysllm",
+        lambda job: run_training_job(
+            settings,
+            dataset,
+            eval_users=eval_users,
+            publish_version=publish,
+            on_trained=lambda count: job.progress(ok=count),
+        ),
+        (KeyError, ValueError, FileNotFoundError),
+    )
     console.print(json.dumps(result, indent=2))
