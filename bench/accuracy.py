@@ -64,8 +64,7 @@ def ablation_knowledge(settings, dataset, source: Path, variant: str, folder: Pa
     LLM's knowledge): `facts_only` (no LLM at all) or `llm_text_only` (the LLM's knowledge
     from `source`'s texts.jsonl without the facts). Rebuilt every run (seconds), so it
     always matches `source`."""
-    from streamrec.assets import load_text_encoder
-    from workers.knowledge_job import dataset_items, domain_of
+    from workers.knowledge_job import dataset_items, domain_of, load_encoder
 
     template = template_for(domain_of(settings, dataset.name))
     items = dataset_items(dataset)
@@ -78,7 +77,7 @@ def ablation_knowledge(settings, dataset, source: Path, variant: str, folder: Pa
         text_of = {int(record["item_id"]): record["text"] for record in records}
         documents = [text_of.get(item.item_id, "") for item in items]
         llm = json.loads((source / "summary.json").read_text()).get("llm_version")
-    vectors = load_text_encoder(settings=settings).encode(documents)
+    vectors = load_encoder(settings, device="cpu").encode(documents)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "vectors.npy", vectors.astype(np.float32))
     np.save(folder / "item_ids.npy", np.array([item.item_id for item in items], np.int64))

@@ -69,9 +69,10 @@ def _na_knowledge(settings, args, out: Path) -> Path:
     `--regenerate-items` most popular items written by the not-aligned LLM here when
     `--na-items-here` (on a CPU the full catalog's generation does not fit the run)."""
     from models.knowledge.prompts import template_for
-    from streamrec.assets import load_llm, load_text_encoder
+    from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
     from workers.alignment.job import Encoder, item_infos, knowledge_table
+    from workers.knowledge_job import load_encoder
 
     folder = Path(
         settings.alignment.knowledge_dir or settings.data_dir / "knowledge" / args.dataset
@@ -87,7 +88,7 @@ def _na_knowledge(settings, args, out: Path) -> Path:
         template_for(settings.alignment.domain),
         item_infos(dataset),
         _popular_items(dataset, args.regenerate_items),
-        Encoder(load_text_encoder(settings=settings)),
+        Encoder(load_encoder(settings, device="cpu")),
         table,
         args.regenerate_batch_size,
         args.max_new_tokens,

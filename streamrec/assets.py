@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock
 
 from streamrec.settings import Settings, get_settings
@@ -250,39 +249,14 @@ def load_llm(
     return model, tokenizer
 
 
-class TextEncoder:
-    """Sentence vectors as sentence-transformers makes them for all-MiniLM-L6-v2: the mean of
-    the token states under the attention mask, L2-normalised."""
+@dataclass(frozen=True)
+class LoadedTextEncoder:
+    """A text encoder's files, loaded: `models.knowledge.encoding.TextEncoder` turns texts
+    into vectors with them (the kernel only finds and loads model files)."""
 
-    def __init__(self, model, tokenizer, device: str = "cpu", max_length: int = 256):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_length = max_length
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.hidden_size
-
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """(len(texts), dim) float32 unit vectors."""
-        import torch
-
-        vectors = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(
-                    texts[start : start + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                states = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-                pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                vectors.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(vectors) if vectors else np.zeros((0, self.dim), dtype=np.float32)
+    model: object
+    tokenizer: object
+    max_length: int
 
 
 def _max_length(folder: Path, tokenizer, config) -> int:
@@ -296,9 +270,9 @@ def _max_length(folder: Path, tokenizer, config) -> int:
 
 def load_text_encoder(
     path: str | None = None, settings: Settings | None = None, device: str = "cpu"
-) -> TextEncoder:
+) -> LoadedTextEncoder:
     """A text encoder from a local folder, else `assets.text_encoder_path`, else the default
-    all-MiniLM-L6-v2 (fetched when missing)."""
+    all-MiniLM-L6-v2 (fetched when missing), on `device`."""
     from transformers import AutoModel, AutoTokenizer
 
     settings = settings or get_settings()
@@ -308,4 +282,4 @@ def load_text_encoder(
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).to(device)
     model.eval()
-    return TextEncoder(model, tokenizer, device, _max_length(folder, tokenizer, model.config))
+    return LoadedTextEncoder(model, tokenizer, _max_length(folder, tokenizer, model.config))

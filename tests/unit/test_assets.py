@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from models.knowledge.encoding import TextEncoder
 from streamrec import assets
 from streamrec.assets import (
     ENCODER_NAME,
@@ -51,7 +52,8 @@ def llm(paths, offline):
 
 @pytest.fixture(scope="module")
 def encoder(paths, offline):
-    return load_text_encoder(settings=Settings())
+    loaded = load_text_encoder(settings=Settings())
+    return TextEncoder(loaded.model, loaded.tokenizer, loaded.max_length)
 
 
 @pytest.fixture

@@ -344,8 +344,9 @@ def _recommender(settings, dataset, table, checkpoint: str, device, seed: int):
 def prepare(settings, dataset_name: str) -> Prepared:
     """Everything Algorithm 1 needs for a dataset, built from settings."""
     from models.knowledge.prompts import template_for
-    from streamrec.assets import load_llm, load_text_encoder
+    from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
+    from workers.knowledge_job import load_encoder
 
     alignment = settings.alignment
     device = resolve_device(alignment.device)
@@ -376,7 +377,7 @@ def prepare(settings, dataset_name: str) -> Prepared:
         resample=alignment.resample,
         k_items=alignment.k_items,
     )
-    encode = Encoder(load_text_encoder(settings=settings, device=str(device)))
+    encode = Encoder(load_encoder(settings, device=str(device)))
     parts = AlignmentParts(
         policy, tokenizer, template, infos, task, recommender, frozen, encode, device, dtype
     )
