@@ -71,8 +71,9 @@ def _na_knowledge(settings, args, out: Path) -> Path:
     from models.knowledge.prompts import template_for
     from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
-    from workers.alignment.job import Encoder, item_infos, knowledge_table
+    from workers.alignment.data import Encoder, item_infos
     from workers.knowledge_job import load_encoder
+    from workers.recommender_training import external_ids, load_knowledge
 
     folder = Path(
         settings.alignment.knowledge_dir or settings.data_dir / "knowledge" / args.dataset
@@ -80,7 +81,7 @@ def _na_knowledge(settings, args, out: Path) -> Path:
     if not args.na_items_here:
         return folder
     dataset = load_dataset(args.dataset, settings)
-    table, summary = knowledge_table(folder, dataset)
+    table, summary = load_knowledge(folder, external_ids(dataset))
     llm, tokenizer = load_llm(settings.alignment.llm_path or None, settings)
     table = regenerate_knowledge(
         llm,

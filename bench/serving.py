@@ -24,13 +24,13 @@ from pathlib import Path
 
 from bench.common import isolated_settings, local_services, parser, percentile
 from bench.results import write_result
-from serving.first_model import train_first_model
 from streamrec.db import count_rows
 from streamrec.registry import ModelRegistry
 from streamrec.services import free_port
 from streamrec.services.children import StreamrecProcess, StreamWorker, wait_for
 from streamrec.services.process import port_open
 from streamrec.settings import Settings
+from workers.recommender_training import train_first_model
 
 CONCURRENCY = (1, 8, 32)
 K = 10
@@ -196,7 +196,9 @@ def main() -> None:
         from streams.replay import replay_dataset
 
         registry = ModelRegistry.from_settings(settings)
-        version = registry.latest("seralm") or train_first_model(settings, "ml-100k", args.epochs)
+        version = registry.latest(settings.recommender.family) or train_first_model(
+            settings, load_dataset("ml-100k", settings), args.epochs
+        )
         print(f"model {version.family}/{version.version} at {version.path}", flush=True)
 
         worker = StreamWorker(settings, environment, workdir / "worker.log")

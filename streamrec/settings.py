@@ -330,7 +330,8 @@ class AlignmentSettings(BaseModel):
     eval_users: int = 0
     seed: int = 0
     # Rec_f (no knowledge) and Rec (with knowledge): checkpoint folders (contract 1); empty:
-    # each is trained here for `pretrain_epochs` on the training split.
+    # each is trained here as `streamrec train` trains (recommender.* settings, early
+    # stopping on validation) for at most `pretrain_epochs`, with this batch size and rate.
     base_checkpoint: str = ""
     knowledge_checkpoint: str = ""
     pretrain_epochs: int = 200

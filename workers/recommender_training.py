@@ -9,8 +9,10 @@ masked in a full ranking are all of the user's items before the target.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from models.metrics import ranking_metrics
 from models.sequential import build_recommender
 from models.sequential.base import SequentialRecommender
 from models.training import FitConfig, FitResult, RankingTask, fit, rank_targets, training_windows
+from streamrec.registry import ModelVersion
 from streamrec.settings import RecommenderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -48,11 +51,12 @@ class ProtocolData:
     item_ids: np.ndarray  # external id per inner id; [0] = 0
 
 
-def user_sequences(split) -> dict[int, np.ndarray]:
-    """Each user's items in time order, as arrays."""
-    return {
-        user: np.asarray(items, dtype=np.int64) for user, items in split.user_sequences().items()
-    }
+def external_ids(dataset) -> np.ndarray:
+    """The external id of each inner item id ([0], padding, is 0): what checkpoints keep."""
+    item_ids = np.zeros(dataset.num_items + 1, dtype=np.int64)
+    for inner, item in dataset.items.items():
+        item_ids[inner] = item.external_id
+    return item_ids
 
 
 def _ranking_task(split, earlier: dict[int, np.ndarray]) -> RankingTask:
@@ -70,7 +74,10 @@ def _ranking_task(split, earlier: dict[int, np.ndarray]) -> RankingTask:
 
 def protocol_data(dataset) -> ProtocolData:
     splits = dataset.splits
-    train = user_sequences(splits["train"])
+    train = {
+        user: np.asarray(items, dtype=np.int64)
+        for user, items in splits["train"].user_sequences().items()
+    }
     valid_target = dict(
         zip(splits["valid"].users.tolist(), splits["valid"].targets.tolist(), strict=True)
     )
@@ -78,16 +85,13 @@ def protocol_data(dataset) -> ProtocolData:
         user: np.append(items, valid_target[user]) if user in valid_target else items
         for user, items in train.items()
     }
-    item_ids = np.zeros(dataset.num_items + 1, dtype=np.int64)
-    for inner, item in dataset.items.items():
-        item_ids[inner] = item.external_id
     return ProtocolData(
         dataset_name=dataset.name,
         n_items=dataset.num_items + 1,
         train_sequences=list(train.values()),
         valid=_ranking_task(splits["valid"], train),
         test=_ranking_task(splits["test"], before_test),
-        item_ids=item_ids,
+        item_ids=external_ids(dataset),
     )
 
 
@@ -350,3 +354,40 @@ def knowledge_variant(
 
     return Variant(variant_name(name, fraction), None, fraction, fresh_text_knowledge), summary
 
+
+def train_first_model(settings: Settings, dataset, epochs: int, max_users: int = 0) -> ModelVersion:
+    """A quick SASRec (no knowledge) on `dataset` for a fresh install, published as the
+    first `recommender.family` version: `streamrec up` needs something to serve before the
+    online trainer or alignment has published. `epochs` of the usual training (the best
+    validation epoch kept), on the first `max_users` users' sequences when not 0."""
+    from streamrec.registry import VersionMetadata, publish
+
+    if settings.serving.torch_threads:
+        # It trains beside `up`'s other processes: on busy shared cores one thread trains
+        # several times faster than two (threads spinning at barriers), as in the server.
+        torch.set_num_threads(settings.serving.torch_threads)
+    data = protocol_data(dataset)
+    if max_users:
+        data = dataclasses.replace(data, train_sequences=data.train_sequences[:max_users])
+    config = settings.recommender.model_copy(
+        update={"epochs": epochs, "patience": epochs, "max_seconds": 0.0}
+    )
+    started = time.perf_counter()
+    run = train_run(config, data, "sasrec", seed=0)
+    with tempfile.TemporaryDirectory(prefix="streamrec-first-model-") as folder:
+        save_run(run, data, Path(folder), {"source": "first-model"})
+        return publish(
+            settings,
+            settings.recommender.family,
+            Path(folder),
+            VersionMetadata(
+                metrics=run.test,
+                extra={
+                    "source": "first-model",
+                    "dataset": dataset.name,
+                    "epochs": epochs,
+                    "users": len(data.train_sequences),
+                    "train_seconds": round(time.perf_counter() - started, 1),
+                },
+            ),
+        )

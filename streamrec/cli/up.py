@@ -132,7 +132,8 @@ def _ensure_served_model(settings, dataset: str) -> None:
     if latest is not None:
         console.print(f"serving {latest.family}/{latest.version} from the registry")
         return
-    from serving.first_model import train_first_model
+    from streamrec.datasets import load_dataset
+    from workers.recommender_training import train_first_model
 
     epochs = settings.serving.first_model_epochs
     console.print(
@@ -140,7 +141,10 @@ def _ensure_served_model(settings, dataset: str) -> None:
         f"{dataset} for {epochs} epochs (a quick first model; the trainer improves on it)"
     )
     version = train_first_model(
-        settings, dataset, epochs, max_users=settings.serving.first_model_max_users
+        settings,
+        load_dataset(dataset, settings),
+        epochs,
+        max_users=settings.serving.first_model_max_users,
     )
     console.print(
         f"published {version.family}/{version.version} in {version.metadata['train_seconds']}s"

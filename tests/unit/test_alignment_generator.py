@@ -130,7 +130,6 @@ def test_per_instance_knowledge_on_the_real_sasrec():
     table holds those rows (the fusion layer's set_knowledge, what alignment publishes)."""
     from models.alignment.recommender import replace_rows, target_log_probs_with_knowledge
     from models.sequential import build_recommender
-    from workers.alignment.job import user_sequences
 
     torch.manual_seed(0)
     table = torch.randn(N_ITEMS, 5)
@@ -149,14 +148,3 @@ def test_per_instance_knowledge_on_the_real_sasrec():
         direct = torch.log_softmax(model.full_scores(item_seq[1:], lengths[1:]), -1)[0, 6]
     assert log_p[1].item() == pytest.approx(direct.item(), abs=1e-5)
     assert not torch.equal(tables[0][3], table[3]) and torch.equal(tables[0][4], table[4])
-
-    class Split:  # the training split's layout: every prefix, rows in time order per user
-        users = torch.tensor([1, 1, 2]).numpy()
-        histories = torch.tensor([[4, 0, 0], [4, 5, 0], [6, 0, 0]]).numpy()
-        lengths = torch.tensor([1, 2, 1]).numpy()
-        targets = torch.tensor([5, 3, 2]).numpy()
-
-    inputs, seq_lengths, next_items = user_sequences(Split)
-    assert inputs.tolist() == [[4, 5, 0], [6, 0, 0]]
-    assert seq_lengths.tolist() == [2, 1]
-    assert next_items.tolist() == [[5, 3, 0], [2, 0, 0]]

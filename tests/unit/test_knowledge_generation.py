@@ -125,7 +125,8 @@ class RecordingEncoder:
 
 
 def test_alignment_encodes_each_items_facts_before_its_knowledge(tokenizer, tiny):
-    from workers.alignment.job import DocumentOf, regenerate_knowledge
+    from workers.alignment.data import DocumentOf
+    from workers.alignment.job import regenerate_knowledge
 
     infos = [None, *MOVIES[:3]]  # by inner id
     encode = RecordingEncoder()

@@ -1,9 +1,10 @@
 """Training glue: the protocol's data from splits, windows, a seed trained to early
-stopping and saved, knowledge folders, CLI errors."""
+stopping and saved, the first model published, knowledge folders, CLI errors."""
 
 from __future__ import annotations
 
 import json
+import socket
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from models.sequential import SequentialRecommender
-from models.training import training_windows
+from models.training import evaluate, training_windows
 from streamrec.cli import app
 from streamrec.datasets.splits import leave_one_out
+from streamrec.registry import ModelRegistry
 from streamrec.settings import Settings
 from tests.unit.recommender_helpers import N_ITEMS, one_thread, successor_table
 from workers.recommender_training import (
@@ -22,6 +24,7 @@ from workers.recommender_training import (
     load_knowledge,
     protocol_data,
     run_variant,
+    train_first_model,
 )
 
 TINY = {
@@ -113,6 +116,65 @@ def test_a_seed_trains_to_early_stopping_and_is_saved(tmp_path):
     assert loaded.extra["seed"] == 0 and loaded.extra["variant"] == "base"
     assert loaded.extra["test"] == runs[0].test
     np.testing.assert_array_equal(loaded.item_ids, data.item_ids)
+
+
+def test_the_first_model_is_trained_by_the_one_loop_and_published(tmp_path):
+    """What `streamrec up` serves on a fresh install: a SASRec from `train_run` (windows,
+    the best validation epoch), published as the first version of recommender.family. No
+    broker listens: the announcement fails and is only logged."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka={"bootstrap_servers": f"127.0.0.1:{closed}"},
+        registry={"announce_timeout_s": 1.0},
+        recommender={
+            "model_configs": {"sasrec": TINY},
+            "batch_size": 16,
+            "learning_rate": 0.02,
+            "device": "cpu",
+        },
+        serving={"torch_threads": 1},
+    )
+    with one_thread():
+        version = train_first_model(settings, walk_dataset(), epochs=8, max_users=30)
+    assert (version.family, version.version) == ("seralm", "v000001")
+    latest = ModelRegistry.from_settings(settings).latest(settings.recommender.family)
+    assert latest.version == version.version
+    meta = latest.metadata
+    assert meta["source"] == "first-model" and meta["epochs"] == 8 and meta["users"] == 30
+    assert meta["dataset"] == "walks" and meta["train_seconds"] >= 0
+    assert latest.metadata["metrics"]["hr@5"] >= 0.9  # the walks are learnt, test split
+    loaded = SequentialRecommender.from_pretrained(latest.path)
+    assert loaded.extra["source"] == "first-model"
+    assert loaded.extra["best_epoch"] <= 8
+    np.testing.assert_array_equal(loaded.item_ids, protocol_data(walk_dataset()).item_ids)
+
+
+def test_alignment_pretrains_rec_and_rec_f_through_the_same_path(tmp_path):
+    """Alignment's two recommenders come from `train_run` too, with alignment's epochs,
+    batch size and rate: Rec holds the knowledge table it was given, Rec_f none."""
+    from workers.alignment.data import pretrained_recommender
+
+    settings = Settings(
+        data_dir=tmp_path,
+        recommender={"model_configs": {"sasrec": TINY}, "patience": 8},
+        alignment={
+            "pretrain_epochs": 8,
+            "pretrain_batch_size": 16,
+            "pretrain_learning_rate": 0.02,
+        },
+    )
+    data = protocol_data(walk_dataset())
+    table = torch.randn(N_ITEMS, 4)
+    with one_thread():
+        rec = pretrained_recommender(settings, data, table, "", torch.device("cpu"))
+        rec_f = pretrained_recommender(settings, data, None, "", torch.device("cpu"))
+    torch.testing.assert_close(rec.fusion.knowledge, table)
+    assert rec_f.fusion.knowledge is None
+    for model in (rec, rec_f):
+        assert evaluate(model, data.test)["hr@5"] >= 0.9
 
 
 def test_knowledge_folder_maps_external_ids_and_low_resource_names(tmp_path):
