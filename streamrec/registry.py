@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,12 +240,19 @@ def announce(settings: Settings, version: ModelVersion) -> None:
 
 
 def publish(
-    settings: Settings, family: str, folder: Path | str, metadata: VersionMetadata
+    settings: Settings,
+    family: str,
+    folder: Path | str,
+    metadata: VersionMetadata,
+    before_announce: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
     """Add `folder` as the next version of `family` and announce it on model-updates.
     A failed announcement is a warning, not an error: the version is in the registry,
-    and servers polling it find the version on their next look."""
+    and servers polling it find the version on their next look. `before_announce` runs
+    between the two (the online trainer commits the version's Kafka offsets there)."""
     version = ModelRegistry.from_settings(settings).add(family, folder, metadata)
+    if before_announce is not None:
+        before_announce(version)
     try:
         announce(settings, version)
     except Exception as error:  # Kafka down or slow: polling still finds the version

@@ -375,6 +375,17 @@ class OnlineTrainer:
             self._new_optimizer()
             return Decision(False, None, metrics, reason=reason)
         offsets = {self.topic: {str(p): o for p, o in sorted(self.absorbed.items())}}
+
+        def commit_offsets(_version) -> None:
+            # The group's offsets are the version's before anybody hears of the version.
+            self.saved_offsets = {int(p): o for p, o in offsets[self.topic].items()}
+            self.consumer.commit(
+                {
+                    TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in self.saved_offsets.items()
+                }
+            )
+
         with tempfile.TemporaryDirectory(prefix="trainer-") as folder:
             self.model.save_pretrained(Path(folder), self.item_ids, extra=self.extra)
             version = publish(
@@ -388,16 +399,10 @@ class OnlineTrainer:
                     adapter_version=self.version.metadata.get("adapter_version"),
                     extra={"source": "online-trainer", OFFSETS_KEY: offsets},
                 ),
+                before_announce=commit_offsets,
             )
         self.version = version
         self.baseline = copy.deepcopy(self.model)
-        self.saved_offsets = {int(p): o for p, o in offsets[self.topic].items()}
-        self.consumer.commit(
-            {
-                TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
-                for p, o in self.saved_offsets.items()
-            }
-        )
         VERSIONS.labels("published").inc()
         log.info(
             "published %s/%s (held-out NDCG@10 %.4f)", version.family, version.version, candidate
