@@ -64,7 +64,7 @@ def ablation_knowledge(settings, dataset, source: Path, variant: str, folder: Pa
     LLM's knowledge): `facts_only` (no LLM at all) or `llm_text_only` (the LLM's knowledge
     from `source`'s texts.jsonl without the facts). Rebuilt every run (seconds), so it
     always matches `source`."""
-    from workers.knowledge_job import dataset_items, domain_of, load_encoder
+    from workers.knowledge_pipeline import dataset_items, domain_of, load_encoder
 
     template = template_for(domain_of(settings, dataset.name))
     items = dataset_items(dataset)

@@ -72,7 +72,7 @@ def _na_knowledge(settings, args, out: Path) -> Path:
     from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
     from workers.alignment.data import Encoder, item_infos
-    from workers.knowledge_job import load_encoder
+    from workers.knowledge_pipeline import load_encoder
     from workers.recommender_training import external_ids, load_knowledge
 
     folder = Path(

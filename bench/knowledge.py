@@ -21,7 +21,7 @@ from bench.results import write_result
 from models.knowledge.prompts import template_for
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
-from workers.knowledge_job import (
+from workers.knowledge_pipeline import (
     dataset_items,
     domain_of,
     load_encoder,

@@ -40,7 +40,7 @@ def knowledge_generate(
 
     (The catalog's knowledge in ClickHouse is the knowledge job's: `worker knowledge`.)
     """
-    from workers.knowledge_job import generate_dataset_knowledge
+    from workers.knowledge_pipeline import generate_dataset_knowledge
 
     settings = with_overrides(get_settings(), "knowledge", adapter=adapter)
     folder = Path(out) if out else settings.data_dir / "knowledge" / dataset

@@ -71,7 +71,8 @@ def run_knowledge(settings, adapter: str | None, once: bool) -> None:
     """The knowledge job: one run, or a run every `knowledge.job_interval_s`. The one way
     it is started (`worker knowledge`; `align` after publishing an adapter; the scheduler
     and `up` run `worker knowledge --once`). A failed one-off run exits with code 1."""
-    from workers.knowledge_job import KnowledgeJob, load_knowledge_llm
+    from workers.knowledge_job import KnowledgeJob
+    from workers.knowledge_pipeline import load_knowledge_llm
 
     job = KnowledgeJob(settings, llm=load_knowledge_llm(settings, adapter=adapter))
     while True:

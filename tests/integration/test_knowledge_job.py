@@ -192,7 +192,8 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
 
 def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_path):
     from models.sequential import SequentialRecommender
-    from workers.knowledge_job import KnowledgeJob, load_knowledge_llm
+    from workers.knowledge_job import KnowledgeJob
+    from workers.knowledge_pipeline import load_knowledge_llm
 
     settings = world["settings"]
     client = connect(settings)

@@ -12,7 +12,7 @@ from models.knowledge.parsing import PARSE_OUTCOMES
 from models.knowledge.prompts import template_for
 from streamrec.assets import load_llm
 from tests.unit.knowledge_helpers import MOVIES, one_torch_thread, real_tokenizer, tiny_llm
-from workers.knowledge_job import documents, generate_cached, parse_counts
+from workers.knowledge_pipeline import documents, generate_cached, parse_counts
 
 MOVIES_TEMPLATE = template_for("movies")
 
@@ -89,7 +89,7 @@ def test_lora_adapter_is_merged_and_named_in_the_llm_version(tokenizer, tmp_path
     from peft import LoraConfig, get_peft_model
 
     from streamrec.settings import Settings
-    from workers.knowledge_job import load_knowledge_llm
+    from workers.knowledge_pipeline import load_knowledge_llm
 
     tiny = tiny_llm(tokenizer, seed=1)  # get_peft_model changes the model it wraps
     tiny.save_pretrained(tmp_path / "llm")

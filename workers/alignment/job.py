@@ -97,7 +97,7 @@ def regenerate_knowledge(
     from tqdm import tqdm
 
     from models.knowledge.generation import KnowledgeGenerator
-    from workers.knowledge_job import documents
+    from workers.knowledge_pipeline import documents
 
     generator = KnowledgeGenerator(policy, tokenizer, template, batch_size, max_new_tokens)
     policy.eval()
@@ -180,7 +180,7 @@ def prepare(settings, dataset_name: str) -> Prepared:
     from models.knowledge.prompts import template_for
     from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
-    from workers.knowledge_job import load_encoder
+    from workers.knowledge_pipeline import load_encoder
     from workers.recommender_training import load_knowledge, protocol_data
 
     alignment = settings.alignment
