@@ -51,10 +51,7 @@ def test_versions_increase_and_latest_is_the_newest(tmp_path):
     registry = ModelRegistry(tmp_path)
     assert registry.latest("seralm") is None
     assert registry.versions("seralm") == []
-    published = [
-        registry.add("seralm", _artifact(tmp_path / f"src{i}", str(i)))
-        for i in range(3)
-    ]
+    published = [registry.add("seralm", _artifact(tmp_path / f"src{i}", str(i))) for i in range(3)]
     other = registry.add("genrec", _artifact(tmp_path / "g", "g"))
 
     assert [v.version for v in published] == ["v000001", "v000002", "v000003"]
