@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
@@ -140,10 +141,12 @@ class _SeekToCheckpoint(ConsumerRebalanceListener):
         pass
 
     def on_partitions_assigned(self, assigned):
+        # Where this process stands, not the version's offsets: after a rebalance a
+        # partition resumes after what was absorbed since, never absorbs it twice.
         for partition in assigned:
-            saved = self.trainer.saved_offsets.get(partition.partition)
-            if saved is not None:
-                self.trainer.consumer.seek(partition, saved)
+            position = self.trainer.absorbed.get(partition.partition)
+            if position is not None:
+                self.trainer.consumer.seek(partition, position)
 
 
 class OnlineTrainer:
@@ -284,8 +287,22 @@ class OnlineTrainer:
         self.consumer.partitions_for_topic(self.topic)
         self.consumer.subscribe([self.topic], listener=_SeekToCheckpoint(self))
 
-    def absorb(self, batch: events_pb2.TrainingExampleBatch, stats: CycleStats) -> None:
-        """Map one message's examples to indices; hold some out, queue the rest."""
+    def absorb(self, message, stats: CycleStats) -> None:
+        """One record of `training-examples`: map its examples to indices, hold some out,
+        queue the rest; its offset counts as absorbed. An undecodable record is skipped
+        with a warning, so the partition moves on."""
+        self.absorbed[message.partition] = message.offset + 1
+        try:
+            batch = events_pb2.TrainingExampleBatch.FromString(message.value)
+        except DecodeError:
+            log.warning(
+                "skipped an undecodable record at %s[%d]@%d",
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            EXAMPLES.labels("undecodable").inc()
+            return
         unseen = sorted(
             {
                 item
@@ -424,11 +441,9 @@ class OnlineTrainer:
             while not stop():
                 report()
                 records = self.consumer.poll(timeout_ms=self.config.trainer_poll_timeout_ms)
-                for partition, messages in records.items():
+                for messages in records.values():
                     for message in messages:
-                        batch = events_pb2.TrainingExampleBatch.FromString(message.value)
-                        self.absorb(batch, stats)
-                        self.absorbed[partition.partition] = message.offset + 1
+                        self.absorb(message, stats)
                         while len(self.pending) >= self.config.trainer_batch_size:
                             chunk = self.pending[self.config.trainer_batch_size :]
                             self.pending = self.pending[: self.config.trainer_batch_size]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from kafka import KafkaProducer
+from prometheus_client import REGISTRY
 
 from streamrec.db import connect, migrate
 from streamrec.jobs import FAILED, SUCCEEDED, list_runs
@@ -135,6 +136,15 @@ def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(traine
     from workers.trainer import OnlineTrainer
 
     settings, first = trainer_settings
+    # Garbage bytes first on each partition: skipped with a warning, the partition moves on.
+    undecodable = {"use": "undecodable"}
+    skipped_before = REGISTRY.get_sample_value("streamrec_trainer_examples_total", undecodable)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    for partition in (0, 1):
+        topic = settings.kafka.training_examples_topic
+        producer.send(topic, b"\xffnot protobuf", partition=partition)
+    producer.flush()
+    producer.close()
     produce(settings, 10, CATALOG + NEW_ITEMS, seed=1)
     trainer = OnlineTrainer(settings)
     try:
@@ -151,7 +161,9 @@ def test_trainer_publishes_a_checked_version_with_its_metrics_and_offsets(traine
     assert metrics["examples_trained"] > 0 and metrics["examples_per_s"] > 0
     offsets = latest.metadata["kafka_offsets"][settings.kafka.training_examples_topic]
     assert {int(p): o for p, o in offsets.items()} == trainer.absorbed
-    assert 0 < sum(offsets.values()) <= 10
+    assert 0 < sum(offsets.values()) <= 12
+    skipped = REGISTRY.get_sample_value("streamrec_trainer_examples_total", undecodable)
+    assert skipped >= (skipped_before or 0) + 1  # a partition's garbage was read and passed
     item_ids = SequentialRecommender.from_pretrained(latest.path).item_ids
     assert set(NEW_ITEMS) <= set(item_ids.tolist())  # the tables grew for the new items
     [run] = list_runs(settings, kind="trainer")
@@ -211,7 +223,7 @@ def test_a_restarted_trainer_resumes_from_the_offsets_of_its_last_version(traine
     while consumed < 10 - published_at and time.monotonic() < deadline:
         for messages in restarted.consumer.poll(timeout_ms=1000).values():
             for message in messages:
-                restarted.absorb(events_pb2.TrainingExampleBatch.FromString(message.value), stats)
+                restarted.absorb(message, stats)
                 consumed += 1
     # Exactly the messages after the saved offsets, including those the first trainer
     # trained on after its publish...
