@@ -27,10 +27,6 @@ MACHINE_REQUIRED = ("cores", "load_average_start", "load_average_end")
 # Settings that change what a bench measures travel with its result; secrets never do.
 _SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|KEY", re.IGNORECASE)
 
-# Taken when a bench imports this module, i.e. as it starts: the load its run began under.
-_STARTED = time.monotonic()
-_LOAD_AT_START = os.getloadavg()
-
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command as one would type it in the repository root (`python -m bench.x ...`)."""
@@ -58,6 +54,14 @@ def git_commit() -> tuple[str, bool]:
     return head, dirty
 
 
+# Taken when a bench imports this module, i.e. as it starts: the load its run began under,
+# and the code it ran (HEAD may move while a long bench runs).
+_STARTED = time.monotonic()
+_STARTED_AT = datetime.datetime.now(datetime.UTC)
+_LOAD_AT_START = os.getloadavg()
+_COMMIT_AT_START = git_commit()
+
+
 def machine() -> dict:
     """Cores, load averages (1, 5, 15 min) at the start and now, and the platform."""
     info = {
@@ -76,7 +80,7 @@ def machine() -> dict:
 
 
 def provenance(argv: list[str] | None = None) -> dict:
-    commit, dirty = git_commit()
+    commit, dirty = _COMMIT_AT_START
     return {
         "command": command_line(argv),
         "environment": {
@@ -86,7 +90,7 @@ def provenance(argv: list[str] | None = None) -> dict:
         },
         "commit": commit,
         "dirty": dirty,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _STARTED_AT.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(time.monotonic() - _STARTED, 1),
         "machine": machine(),
     }
