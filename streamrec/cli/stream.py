@@ -20,12 +20,17 @@ def register(app: typer.Typer) -> None:
 
 @stream_app.command("worker")
 def stream_worker(
-    loglevel: Annotated[str, typer.Option(help="faust log level.")] = "warning",
+    loglevel: Annotated[
+        str | None, typer.Option(help="faust log level (default: warning; info with -v).")
+    ] = None,
 ) -> None:
     """Run the faust stream worker until stopped (topics are created first)."""
     import faust
 
+    from streamrec.logs import verbose_requested
     from streams.topics import ensure_topics
+
+    loglevel = loglevel or ("info" if verbose_requested() else "warning")
 
     ensure_topics(get_settings())
     from streams.app import app as faust_app

@@ -125,20 +125,30 @@ def _wait_for_rows(settings, dataset: str, expected: int, worker: subprocess.Pop
 
 
 def _ensure_served_model(settings, dataset: str) -> None:
-    """A model to serve: a quick first SASRec when the registry has none of the family yet."""
+    """A model to serve: a quick first SASRec when the registry has no loadable version of
+    the family (none yet, or the newest one is damaged or in an older format)."""
+    from models.sequential import SequentialRecommender
     from streamrec.registry import ModelRegistry
 
-    latest = ModelRegistry.from_settings(settings).latest(settings.recommender.family)
+    family = settings.recommender.family
+    latest = ModelRegistry.from_settings(settings).latest(family)
     if latest is not None:
-        console.print(f"serving {latest.family}/{latest.version} from the registry")
-        return
+        try:
+            SequentialRecommender.from_pretrained(latest.path)
+        except (ValueError, OSError) as error:  # ArtifactError included
+            reason = f"{family}/{latest.version} does not load ({error})"
+        else:
+            console.print(f"serving {family}/{latest.version} from the registry")
+            return
+    else:
+        reason = f"no {family} model in the registry"
     from streamrec.datasets import load_dataset
     from workers.recommender_training import train_first_model
 
     epochs = settings.serving.first_model_epochs
     console.print(
-        f"no {settings.recommender.family} model in the registry: training a small SASRec on "
-        f"{dataset} for {epochs} epochs (a quick first model; the trainer improves on it)"
+        f"{reason}: training a small SASRec on {dataset} for {epochs} epochs "
+        "(a quick first model; the trainer improves on it)"
     )
     version = train_first_model(
         settings,

@@ -34,6 +34,12 @@ def test_up_streams_movielens_into_kafka_and_clickhouse(tmp_path):
         "STREAMREC_SERVING__PORT": str(free_port()),
         "STREAMREC_OPS__WORKER_METRICS_PORT": "0",
     }
+    # A damaged version already in the registry (its weights cut short): `up` must not
+    # serve it, but train and serve a first model of its own.
+    damaged = tmp_path / "registry" / "seralm" / "v000001"
+    damaged.mkdir(parents=True)
+    (damaged / "metadata.json").write_text(json.dumps({"family": "seralm", "version": "v000001"}))
+    (damaged / "config.json").write_text('{"family": "seralm", "model_type": "sasrec"')
     # The knowledge run (minutes of LLM generation for 1682 items on CPU) is left out here;
     # tests/integration/test_knowledge_job.py runs the job itself.
     result = _streamrec(
@@ -44,8 +50,9 @@ def test_up_streams_movielens_into_kafka_and_clickhouse(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "ClickHouse holds 5,000 interactions of ml-100k" in result.stderr
         # It served the model it trained and printed recommendations.
-        assert "published seralm/v000001" in result.stderr
-        assert "user 1: top 5 (v000001)" in result.stderr
+        assert "seralm/v000001 does not load" in result.stderr
+        assert "published seralm/v000002" in result.stderr
+        assert "user 1: top 5 (v000002)" in result.stderr
         assert "user 3: top 5" in result.stderr
         # The online trainer warm-started from that model and began its first cycle.
         assert "online trainer: consuming training-examples" in result.stderr
