@@ -129,17 +129,7 @@ def _seed_rows(settings, args, seed: int) -> tuple[dict[str, dict], dict, dict]:
         run = align(parts, _with(settings, **overrides))
         runs[variant] = run_summary(run, overrides.get("refresh_interval", args.refresh))
         log.info("seed %d %s: %s", seed, variant, runs[variant])
-        table = regenerate_knowledge(
-            parts.policy,
-            parts.tokenizer,
-            parts.template,
-            parts.infos,
-            items,
-            parts.encode,
-            prepared.table,
-            args.regenerate_batch_size,
-            args.max_new_tokens,
-        )
+        table = prepared.aligned_knowledge(items, args.regenerate_batch_size, args.max_new_tokens)
         return parts.recommender, table
 
     rec, aligned_table = aligned("seralm", refresh_interval=args.refresh)

@@ -9,31 +9,26 @@ auth and hot reload are the serving kit's, as for RecommenderService.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.history_cache import HistoryCache
 from serving.kit import (
-    INVALID,
-    DeadlinePassed,
     InvalidRequest,
     ModelHolder,
-    abort_invalid,
+    answer,
     check_deadline,
     check_k,
+    check_known,
     check_list_size,
     check_user_or_history,
 )
 from streamrec.registry import ModelVersion
 from streamrec.settings import Settings
 from streamrec.v1 import genrec_pb2, genrec_pb2_grpc, recommender_pb2
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,11 +103,7 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
         )
 
     async def start(self) -> None:
-        await self.holder.refresh()
-        if self.holder.current is None:
-            # Optional family: its service answers once a version is published.
-            log.info("no %s version in the registry yet", self.holder.family)
-        self.holder.start()
+        await self.holder.start_optional()
 
     async def stop(self) -> None:
         await self.holder.stop()
@@ -120,13 +111,7 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
         await self.history.close()
 
     async def Generate(self, request, context):
-        try:
-            return await self.generate(request, context)
-        except InvalidRequest as problem:
-            INVALID.labels("Generate").inc()
-            await abort_invalid(context, str(problem))
-        except DeadlinePassed:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
+        return await answer("Generate", self.generate, request, context)
 
     async def generate(self, request, context) -> genrec_pb2.GenerateResponse:
         genrec = self.settings.genrec
@@ -135,19 +120,9 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
         check_list_size("history", request.history, self.settings.serving.max_request_history)
         check_user_or_history(request.user_id, request.history)
         check_deadline(context)
-        served = self.holder.current  # this request keeps this version to its end
-        if served is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"no {genrec.family} model is published yet"
-            )
+        served = await self.holder.served(context)
         history = list(request.history) or await self.history.items(request.user_id)
-        unknown = [i for i in request.history if i not in served.index_of]
-        if unknown:
-            shown = ", ".join(str(i) for i in unknown[:5])
-            raise InvalidRequest(
-                f"{len(unknown)} history items are not in the catalog of model "
-                f"{served.version}: {shown}{' ...' if len(unknown) > 5 else ''}"
-            )
+        check_known("history items", request.history, served.index_of, served.version)
         # Stored histories may hold items newer than the model: it cannot read those.
         sequence = [served.index_of[i] for i in history if i in served.index_of]
         user = served.user_index_of.get(request.user_id, 0)

@@ -170,9 +170,16 @@ class InvalidRequest(ValueError):
     """A request the servicer refuses; the message says what was wrong."""
 
 
-async def abort_invalid(context: grpc.aio.ServicerContext, reason: str) -> None:
-    """Answer INVALID_ARGUMENT with `reason` (raises, like `context.abort`)."""
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+async def answer(method: str, work, request, context: grpc.aio.ServicerContext):
+    """`await work(request, context)`, with an `InvalidRequest` answered INVALID_ARGUMENT
+    (counted per method) and a passed deadline DEADLINE_EXCEEDED."""
+    try:
+        return await work(request, context)
+    except InvalidRequest as problem:
+        INVALID.labels(method).inc()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(problem))
+    except DeadlinePassed:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
 
 
 def check_k(k: int, limit: int) -> None:
@@ -183,6 +190,17 @@ def check_k(k: int, limit: int) -> None:
 def check_list_size(name: str, values: Sequence, limit: int) -> None:
     if len(values) > limit:
         raise InvalidRequest(f"{name} has {len(values)} entries; at most {limit} are accepted")
+
+
+def check_known(name: str, ids: Sequence[int], catalog, version: str) -> None:
+    """Refuse ids the served version's `catalog` lacks: it could not read or return them."""
+    unknown = [i for i in ids if i not in catalog]
+    if unknown:
+        shown = ", ".join(str(i) for i in unknown[:5])
+        raise InvalidRequest(
+            f"{len(unknown)} {name} are not in the catalog of model "
+            f"{version}: {shown}{' ...' if len(unknown) > 5 else ''}"
+        )
 
 
 def check_user_or_history(user_id: int, history: Sequence[int]) -> None:
@@ -258,6 +276,23 @@ class ModelHolder(Generic[M]):
                 if asyncio.iscoroutine(result):
                     await result
             return True
+
+    async def start_optional(self) -> None:
+        """Load the latest version and watch, for a family that may have none yet: its
+        service answers once one is published."""
+        await self.refresh()
+        if self.current is None:
+            log.info("no %s version in the registry yet", self.family)
+        self.start()
+
+    async def served(self, context: grpc.aio.ServicerContext) -> M:
+        """The model a request keeps to its end; UNAVAILABLE while none is published."""
+        served = self.current
+        if served is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"no {self.family} model is published yet"
+            )
+        return served
 
     def start(self) -> None:
         """Watch for new versions: the model-updates topic (when on) and polling."""

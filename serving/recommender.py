@@ -12,20 +12,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.history_cache import HistoryCache
 from serving.index import VectorIndex
 from serving.kit import (
-    INVALID,
-    DeadlinePassed,
-    InvalidRequest,
     ModelHolder,
-    abort_invalid,
+    answer,
     check_deadline,
     check_k,
+    check_known,
     check_list_size,
     check_user_or_history,
 )
@@ -186,13 +183,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         await self.history.close()
 
     async def Recommend(self, request, context):
-        try:
-            return await self.recommend(request, context)
-        except InvalidRequest as problem:
-            INVALID.labels("Recommend").inc()
-            await abort_invalid(context, str(problem))
-        except DeadlinePassed:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
+        return await answer("Recommend", self.recommend, request, context)
 
     async def recommend(self, request, context) -> recommender_pb2.RecommendResponse:
         serving = self.settings.serving
@@ -207,13 +198,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             return self.cold_start("", request.k, set(request.exclude_item_ids), ())
         candidates = None
         if request.candidate_item_ids:
-            unknown = [i for i in request.candidate_item_ids if i not in served.index_of]
-            if unknown:
-                shown = ", ".join(str(i) for i in unknown[:5])
-                raise InvalidRequest(
-                    f"{len(unknown)} candidate_item_ids are not in the catalog of model "
-                    f"{served.version}: {shown}{' ...' if len(unknown) > 5 else ''}"
-                )
+            check_known(
+                "candidate_item_ids", request.candidate_item_ids, served.index_of, served.version
+            )
             candidates = np.array(
                 [served.index_of[i] for i in dict.fromkeys(request.candidate_item_ids)]
             )

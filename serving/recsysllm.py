@@ -11,29 +11,24 @@ the trie. Validation, metrics, auth and hot reload are the serving kit's.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 
-import grpc
 import torch
 
 from serving.history_cache import HistoryCache
 from serving.kit import (
-    INVALID,
-    DeadlinePassed,
     InvalidRequest,
     ModelHolder,
-    abort_invalid,
+    answer,
     check_deadline,
     check_k,
+    check_known,
     check_list_size,
     check_user_or_history,
 )
 from streamrec.registry import ModelVersion
 from streamrec.settings import Settings
 from streamrec.v1 import recommender_pb2, recsysllm_pb2, recsysllm_pb2_grpc
-
-log = logging.getLogger(__name__)
 
 
 def load_served(version: ModelVersion, settings: Settings):
@@ -58,36 +53,23 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         self._model_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        await self.holder.refresh()
-        if self.holder.current is None:
-            # Optional family: its service answers once a version is published.
-            log.info("no %s version in the registry yet", self.holder.family)
-        self.holder.start()
+        await self.holder.start_optional()
 
     async def stop(self) -> None:
         await self.holder.stop()
         await self.history.close()
 
-    async def _answer(self, method: str, work, request, context):
-        try:
-            return await work(request, context)
-        except InvalidRequest as problem:
-            INVALID.labels(method).inc()
-            await abort_invalid(context, str(problem))
-        except DeadlinePassed:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed")
-
     async def NextItems(self, request, context):
-        return await self._answer("NextItems", self._next_items, request, context)
+        return await answer("NextItems", self._next_items, request, context)
 
     async def RankCandidates(self, request, context):
-        return await self._answer("RankCandidates", self._rank, request, context)
+        return await answer("RankCandidates", self._rank, request, context)
 
     async def PredictRating(self, request, context):
-        return await self._answer("PredictRating", self._rating, request, context)
+        return await answer("PredictRating", self._rating, request, context)
 
     async def Explain(self, request, context):
-        return await self._answer("Explain", self._explain, request, context)
+        return await answer("Explain", self._explain, request, context)
 
     async def _prompt_context(self, request, context):
         """The served model and the writer, context and history for this request."""
@@ -97,18 +79,8 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         check_list_size("history", request.history, self.settings.serving.max_request_history)
         check_user_or_history(request.user_id, request.history)
         check_deadline(context)
-        served = self.holder.current  # this request keeps this version to its end
-        if served is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"no {self.settings.recsysllm.family} model is published yet",
-            )
-        unknown = [i for i in request.history if i not in served.titles]
-        if unknown:
-            raise InvalidRequest(
-                f"{len(unknown)} history items are not in the catalog of model "
-                f"{served.version}: {', '.join(str(i) for i in unknown[:5])}"
-            )
+        served = await self.holder.served(context)
+        check_known("history items", request.history, served.titles, served.version)
         history = list(request.history) or await self.history.items(request.user_id)
         history = [i for i in history if i in served.titles]
         if not history:

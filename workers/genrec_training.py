@@ -75,13 +75,7 @@ def next_item_examples(split: Split, max_history: int) -> list[Example]:
     """History -> next item rows of a split, the mask appended after the last items."""
     return [
         Example(user, tuple(history[max(0, length - max_history) : length].tolist()), None, target)
-        for user, history, length, target in zip(
-            split.users.tolist(),
-            split.histories,
-            split.lengths.tolist(),
-            split.targets.tolist(),
-            strict=True,
-        )
+        for user, history, length, target in split.rows()
     ]
 
 

@@ -15,13 +15,9 @@ import math
 import torch
 from torch import nn
 
-from models.sequential.base import (
-    SequentialRecommender,
-    masked_softmax,
-    padding_mask,
-)
+from models.sequential.base import masked_softmax, padding_mask
 from models.sequential.configuration_lightsans import LightSANsConfig
-from models.sequential.transformer import TransformerBlock, causal_allowed
+from models.sequential.transformer import TransformerRecommender, causal_allowed, head_size
 
 # exp(-60) is still a normal float32: every real position keeps a positive softmax sum.
 MIN_LOGIT_GAP = -60.0
@@ -30,9 +26,7 @@ MIN_LOGIT_GAP = -60.0
 class LowRankCausalAttention(nn.Module):
     def __init__(self, hidden_size: int, n_heads: int, k_interests: int, dropout: float):
         super().__init__()
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
-        self.n_heads, self.head_size = n_heads, hidden_size // n_heads
+        self.n_heads, self.head_size = n_heads, head_size(hidden_size, n_heads)
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -82,29 +76,14 @@ class LowRankCausalAttention(nn.Module):
         return self.output(context)
 
 
-class LightSANs(SequentialRecommender):
+class LightSANs(TransformerRecommender):
     name = "lightsans"
     config_class = LightSANsConfig
 
-    def __init__(self, n_items: int, config: LightSANsConfig, knowledge=None, text=None):
-        super().__init__(n_items, config, knowledge, text)
-        hidden = config.hidden_size
-        self.position_embedding = nn.Embedding(config.max_seq_length, hidden)
-        self.input_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.input_dropout = nn.Dropout(config.dropout_prob)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                LowRankCausalAttention(
-                    hidden, config.n_heads, config.k_interests, config.attn_dropout_prob
-                ),
-                hidden,
-                config.inner_size,
-                config.dropout_prob,
-                config.layer_norm_eps,
-            )
-            for _ in range(config.n_layers)
+    def attention(self, config: LightSANsConfig) -> nn.Module:
+        return LowRankCausalAttention(
+            config.hidden_size, config.n_heads, config.k_interests, config.attn_dropout_prob
         )
-        nn.init.normal_(self.position_embedding.weight, std=config.initializer_range)
 
     def sequence_output(
         self, items: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor

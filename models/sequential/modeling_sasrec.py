@@ -5,36 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.sequential.base import SequentialRecommender
 from models.sequential.configuration_sasrec import SASRecConfig
 from models.sequential.transformer import (
     MultiHeadSelfAttention,
-    TransformerBlock,
+    TransformerRecommender,
     causal_allowed,
 )
 
 
-class SASRec(SequentialRecommender):
+class SASRec(TransformerRecommender):
     name = "sasrec"
     config_class = SASRecConfig
 
-    def __init__(self, n_items: int, config: SASRecConfig, knowledge=None, text=None):
-        super().__init__(n_items, config, knowledge, text)
-        hidden = config.hidden_size
-        self.position_embedding = nn.Embedding(config.max_seq_length, hidden)
-        self.input_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.input_dropout = nn.Dropout(config.dropout_prob)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                MultiHeadSelfAttention(hidden, config.n_heads, config.attn_dropout_prob),
-                hidden,
-                config.inner_size,
-                config.dropout_prob,
-                config.layer_norm_eps,
-            )
-            for _ in range(config.n_layers)
-        )
-        nn.init.normal_(self.position_embedding.weight, std=config.initializer_range)
+    def attention(self, config: SASRecConfig) -> nn.Module:
+        return MultiHeadSelfAttention(config.hidden_size, config.n_heads, config.attn_dropout_prob)
 
     def sequence_output(
         self, items: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor

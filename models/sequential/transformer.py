@@ -1,5 +1,6 @@
 """The self-attention block SASRec stacks (post-norm residuals, as the original), with
-a NaN-safe masked softmax so a fully masked row (an empty history) gives zeros."""
+a NaN-safe masked softmax so a fully masked row (an empty history) gives zeros, and
+the recommender around a stack of them that SASRec and LightSANs share."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import math
 import torch
 from torch import nn
 
-from models.sequential.base import masked_softmax
+from models.sequential.base import RecommenderConfig, SequentialRecommender, masked_softmax
+
+
+def head_size(hidden_size: int, n_heads: int) -> int:
+    """Each head's width; the heads must split the hidden size evenly."""
+    if hidden_size % n_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
+    return hidden_size // n_heads
 
 
 class MultiHeadSelfAttention(nn.Module):
     def __init__(self, hidden_size: int, n_heads: int, dropout: float):
         super().__init__()
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
-        self.n_heads = n_heads
-        self.head_size = hidden_size // n_heads
+        self.n_heads, self.head_size = n_heads, head_size(hidden_size, n_heads)
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
@@ -79,3 +84,30 @@ def causal_allowed(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.
     causal = positions.unsqueeze(1) >= positions.unsqueeze(0)
     real = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)
     return causal.unsqueeze(0) & real.unsqueeze(1)
+
+
+class TransformerRecommender(SequentialRecommender):
+    """Position table, input norm and dropout, and `n_layers` blocks around the attention a
+    subclass builds; the config carries the transformer's shape (n_layers, n_heads, ...)."""
+
+    def __init__(self, n_items: int, config: RecommenderConfig, knowledge=None, text=None):
+        super().__init__(n_items, config, knowledge, text)
+        hidden = config.hidden_size
+        self.position_embedding = nn.Embedding(config.max_seq_length, hidden)
+        self.input_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.input_dropout = nn.Dropout(config.dropout_prob)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                self.attention(config),
+                hidden,
+                config.inner_size,
+                config.dropout_prob,
+                config.layer_norm_eps,
+            )
+            for _ in range(config.n_layers)
+        )
+        nn.init.normal_(self.position_embedding.weight, std=config.initializer_range)
+
+    def attention(self, config: RecommenderConfig) -> nn.Module:
+        """One block's attention."""
+        raise NotImplementedError

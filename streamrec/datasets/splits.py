@@ -21,6 +21,7 @@ What RecBole does, and so what this does:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,17 +43,21 @@ class Split:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def user_sequences(self) -> dict[int, list[int]]:
-        """Each user's items in time order, rebuilt from the rows (grouped by user, in
-        time order): the user's first row's history, then every row's target."""
-        sequences: dict[int, list[int]] = {}
-        for user, history, length, target in zip(
+    def rows(self) -> Iterator[tuple[int, np.ndarray, int, int]]:
+        """(user, padded history, length, target) per example, ids as Python ints."""
+        return zip(
             self.users.tolist(),
             self.histories,
             self.lengths.tolist(),
             self.targets.tolist(),
             strict=True,
-        ):
+        )
+
+    def user_sequences(self) -> dict[int, list[int]]:
+        """Each user's items in time order, rebuilt from the rows (grouped by user, in
+        time order): the user's first row's history, then every row's target."""
+        sequences: dict[int, list[int]] = {}
+        for user, history, length, target in self.rows():
             if user not in sequences:
                 sequences[user] = history[:length].tolist()
             sequences[user].append(target)

@@ -174,6 +174,23 @@ class Prepared:
     knowledge_summary: dict
     data: ProtocolData  # the protocol's tasks (test: the evaluation) and external item ids
 
+    def aligned_knowledge(
+        self, items: list[int], batch_size: int, max_new_tokens: int
+    ) -> torch.Tensor:
+        """The cached table with the rows of `items` rewritten by the policy as it stands."""
+        parts = self.parts
+        return regenerate_knowledge(
+            parts.policy,
+            parts.tokenizer,
+            parts.template,
+            parts.infos,
+            items,
+            parts.encode,
+            self.table,
+            batch_size,
+            max_new_tokens,
+        )
+
 
 def prepare(settings, dataset_name: str) -> Prepared:
     """Everything Algorithm 1 needs for a dataset, built from settings."""
@@ -246,16 +263,8 @@ def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True
     run = align(parts, settings, progress=on_iteration)
     summary = run_summary(run, alignment.refresh_interval)
     items = sorted(prepared.dataset.items)
-    aligned_table = regenerate_knowledge(
-        parts.policy,
-        parts.tokenizer,
-        parts.template,
-        parts.infos,
-        items,
-        parts.encode,
-        prepared.table,
-        alignment.regenerate_batch_size,
-        alignment.regenerate_max_new_tokens,
+    aligned_table = prepared.aligned_knowledge(
+        items, alignment.regenerate_batch_size, alignment.regenerate_max_new_tokens
     )
     parts.recommender.fusion.set_knowledge(aligned_table)  # what is evaluated and served
     metrics = evaluate(
