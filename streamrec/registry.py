@@ -256,7 +256,5 @@ def publish(
     try:
         announce(settings, version)
     except Exception as error:  # Kafka down or slow: polling still finds the version
-        log.warning(
-            "published %s/%s but could not announce it: %s", family, version.version, error
-        )
+        log.warning("published %s/%s but could not announce it: %s", family, version.version, error)
     return version
