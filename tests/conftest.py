@@ -48,3 +48,13 @@ def services(tmp_path_factory) -> RunningServices:
         yield RunningServices(launcher)
     finally:
         launcher.stop()
+
+
+@pytest.fixture(scope="module")
+def torch_on_one_thread():
+    """A module's tiny models on one torch thread, restored after the module; a module asks
+    with `pytestmark = pytest.mark.usefixtures("torch_on_one_thread")`."""
+    from tests.threads import one_torch_thread  # torch imported only where it is asked for
+
+    with one_torch_thread():
+        yield

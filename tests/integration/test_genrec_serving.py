@@ -8,51 +8,28 @@ import time
 import grpc
 import numpy as np
 import pytest
-import torch
 
-from models.genrec import DigitTokenizer, GenRec, GenRecConfig
 from serving.genrec import GenRecServicer
 from serving.server import GENREC, start_server
 from streamrec.registry import ModelRegistry
 from streamrec.v1 import genrec_pb2, genrec_pb2_grpc
 from tests.integration.helpers import server_settings, store_history
+from tests.unit.genrec_helpers import N_ITEMS, N_USERS, tiny_model
+
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on cores shared with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-ITEMS = np.arange(501, 531, dtype=np.int64)  # external item ids of model indices 1..30
-USERS = np.arange(71, 79, dtype=np.int64)  # external user ids of user rows 1..8
+ITEMS = np.arange(501, 500 + N_ITEMS, dtype=np.int64)  # external item ids of model indices 1..30
+USERS = np.arange(71, 70 + N_USERS, dtype=np.int64)  # external user ids of user rows 1..8
 STORED_USER = 72
 STORED_HISTORY = [503, 504, 505, 506, 507, 508, 509, 510]
 BEAM = 24
 
 
-def _tiny_genrec(seed: int) -> GenRec:
-    torch.manual_seed(seed)
-    n_items, n_users = len(ITEMS) + 1, len(USERS) + 1
-    config = GenRecConfig(
-        n_items=n_items,
-        n_users=n_users,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        attention_heads=2,
-        ffn_dim=32,
-        max_history=10,
-    )
-    return GenRec(config, DigitTokenizer(n_users, n_items)).eval()
-
-
 def _publish(registry: ModelRegistry, folder, seed: int):
     zero = np.zeros(1, dtype=np.int64)
-    _tiny_genrec(seed).save_pretrained(
+    # Two-digit pieces, the tokenizer's default: each of the 30 items in one piece.
+    tiny_model(seed, max_history=10, piece_digits=2).eval().save_pretrained(
         folder, np.r_[zero, ITEMS], np.r_[zero, USERS], {"seed": seed}
     )
     return registry.add("genrec", folder)

@@ -31,7 +31,7 @@ from streamrec.settings import Settings
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
 from streams.producer import ItemProducer
 from streams.topics import ensure_topics
-from tests.unit.knowledge_helpers import one_torch_thread, real_tokenizer, tiny_llm
+from tests.unit.knowledge_helpers import real_tokenizer, tiny_llm
 
 KNOWN_ITEMS = [101, 102, 103]  # in the first recommender version
 NEW_ITEM = 9001
@@ -51,10 +51,8 @@ def _settings_from(environment: dict[str, str]) -> Settings:
         return Settings()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():  # the job sets one thread too (knowledge.threads): restored after
-        yield
+# The job sets one thread too (knowledge.threads): the fixture restores the count after.
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,13 @@ from streamrec.jobs import FAILED, SUCCEEDED, list_runs
 from streamrec.services.children import run_streamrec
 from streamrec.v1 import events_pb2
 from streams.topics import ensure_topics
+from tests.unit.recommender_helpers import TINY_SASREC
 
 CATALOG = [1000 + k for k in range(1, 31)]  # external item ids
 NEW_ITEMS = [2001, 2002]  # arrive only with the stream
 HISTORY = 5
 EXAMPLES_PER_MESSAGE = 20
-TINY_SASREC = {
-    "hidden_size": 16,
-    "n_layers": 1,
-    "n_heads": 1,
-    "inner_size": 32,
-    "max_seq_length": HISTORY,
-    "dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-    "knowledge_dropout": 0.0,
-}
+TINY = {**TINY_SASREC, "max_seq_length": HISTORY, "knowledge_dropout": 0.0}
 
 
 def walk(start: int, length: int, items: list[int]) -> list[int]:
@@ -57,13 +49,7 @@ def examples_message(rng: np.random.Generator, items: list[int]) -> bytes:
     return batch.SerializeToString()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is several times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +58,7 @@ def offline_folder(tmp_path_factory):
     from models.sequential import build_recommender
 
     torch.manual_seed(0)
-    model = build_recommender("sasrec", n_items=len(CATALOG) + 1, config=TINY_SASREC)
+    model = build_recommender("sasrec", n_items=len(CATALOG) + 1, config=TINY)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     starts = torch.arange(len(CATALOG)).repeat(4)
     index = torch.arange(HISTORY + 1)

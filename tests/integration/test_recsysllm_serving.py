@@ -7,7 +7,6 @@ import asyncio
 
 import grpc
 import pytest
-import torch
 
 from models.recsysllm.artifact import RecSysLLMArtifact
 from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
@@ -25,12 +24,7 @@ STORED_USER = 81
 STORED_HISTORY = [601, 602]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ to a registry in a temporary folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 
@@ -84,6 +85,18 @@ def _train_tiny_sasrec(sequences: dict[int, list[int]], steps: int = 60):
     return model.eval()
 
 
+def _send_clicks(producer, user: int, items: list[int], prefix: str, first_ms: int, spacing_ms):
+    """The user's clicks on `items` in order, `spacing_ms` apart from `first_ms`."""
+    for n, item in enumerate(items):
+        producer.send(
+            user_id=user,
+            item_id=item,
+            event_type="click",
+            event_id=f"{prefix}-{user}-{n}",
+            timestamp_ms=first_ms + n * spacing_ms,
+        )
+
+
 def _publish(registry: ModelRegistry, model, item_ids, folder, note: str):
     model.save_pretrained(folder, np.asarray(item_ids, dtype=np.int64))
     return registry.add("seralm", folder, VersionMetadata(extra={"note": note}))
@@ -124,14 +137,7 @@ def world(services, tmp_path_factory):
         start = now_ms() - 60_000
         with InteractionProducer.from_settings(settings) as producer:
             for user, sequence in sequences.items():
-                for step, item in enumerate(sequence):
-                    producer.send(
-                        user_id=user,
-                        item_id=item,
-                        event_type="click",
-                        event_id=f"seed-{user}-{step}",
-                        timestamp_ms=start + step * 1000,
-                    )
+                _send_clicks(producer, user, sequence, "seed", start, spacing_ms=1000)
         total = sum(len(s) for s in sequences.values())
         wait_for(lambda: count_rows(settings, "interactions") >= total, 90, "seed rows", worker)
         model = _train_tiny_sasrec(sequences)
@@ -150,13 +156,21 @@ def world(services, tmp_path_factory):
         worker.stop()
 
 
+@contextlib.asynccontextmanager
 async def _serving(settings: Settings):
+    """A RecommenderService on loopback: the server, its servicer and a stub on a channel to
+    it; the channel is closed and the server stopped after."""
     from serving.recommender import RecommenderServicer
     from serving.server import RECOMMENDER, start_server
 
     servicer = RecommenderServicer(settings)
     server, port = await start_server(settings, {RECOMMENDER: servicer})
-    return server, servicer, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield server, servicer, recommender_pb2_grpc.RecommenderServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 def _ids(reply) -> list[int]:
@@ -168,9 +182,7 @@ def test_recommendations_change_after_replayed_events_and_exclude_them(world):
     history = world["sequences"][user]
 
     async def scenario():
-        server, servicer, channel = await _serving(settings)
-        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        try:
+        async with _serving(settings) as (_, _, stub):
             before = await stub.Recommend(
                 recommender_pb2.RecommendRequest(user_id=user, k=10), timeout=10
             )
@@ -188,14 +200,7 @@ def test_recommendations_change_after_replayed_events_and_exclude_them(world):
             # The user now clicks two of the recommended items; the stream stores them.
             clicked = _ids(before)[:2]
             with InteractionProducer.from_settings(settings) as producer:
-                for n, item in enumerate(clicked):
-                    producer.send(
-                        user_id=user,
-                        item_id=item,
-                        event_type="click",
-                        event_id=f"new-{user}-{n}",
-                        timestamp_ms=now_ms() + n,
-                    )
+                _send_clicks(producer, user, clicked, "new", now_ms(), spacing_ms=1)
 
             async def changed():
                 while True:
@@ -215,9 +220,6 @@ def test_recommendations_change_after_replayed_events_and_exclude_them(world):
                 timeout=10,
             )
             assert set(clicked) <= set(_ids(seen_too))
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())
 
@@ -231,9 +233,7 @@ def test_candidates_exclusions_and_cold_start_from_popular_items(world):
     assert sum(popularity.values()) >= len(USERS) * SEQUENCE_LENGTH
 
     async def scenario():
-        server, servicer, channel = await _serving(settings)
-        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        try:
+        async with _serving(settings) as (_, _, stub):
             history = [101, 102, 103]
             candidates = [120, 110, 104, 125]
             reply = await stub.Recommend(
@@ -260,9 +260,6 @@ def test_candidates_exclusions_and_cold_start_from_popular_items(world):
             )
             assert cold.cold_start
             assert _ids(cold) == ranked[1:6]
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())
 
@@ -290,17 +287,12 @@ def test_every_bad_request_gets_invalid_argument_with_the_reason(world):
     ]
 
     async def scenario():
-        server, servicer, channel = await _serving(settings)
-        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        try:
+        async with _serving(settings) as (_, _, stub):
             for request, reason in bad:
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await stub.Recommend(request, timeout=10)
                 assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
                 assert reason in raised.value.details()
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())
 
@@ -314,65 +306,69 @@ def test_hot_reload_during_a_stream_of_requests_fails_none(world):
     model = world["model"]
 
     async def scenario():
-        server, servicer, channel = await _serving(settings)
-        stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
-        versions, failures, done = Counter(), [], asyncio.Event()
+        async with _serving(settings) as (_, servicer, stub):
+            versions, failures, done = Counter(), [], asyncio.Event()
 
-        async def client(user: int):
-            while not done.is_set():
-                try:
-                    reply = await stub.Recommend(
-                        recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=10
+            async def client(user: int):
+                while not done.is_set():
+                    try:
+                        reply = await stub.Recommend(
+                            recommender_pb2.RecommendRequest(user_id=user, k=5), timeout=10
+                        )
+                        versions[reply.model_version] += 1
+                    except grpc.aio.AioRpcError as error:
+                        failures.append(error)
+
+            try:
+                # The new item is unknown to the first version.
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.Recommend(
+                        recommender_pb2.RecommendRequest(
+                            user_id=1, k=1, candidate_item_ids=[NEW_ITEM]
+                        ),
+                        timeout=10,
                     )
-                    versions[reply.model_version] += 1
-                except grpc.aio.AioRpcError as error:
-                    failures.append(error)
+                assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert await asyncio.to_thread(servicer.holder.listening.wait, 30)
+                batches_before = _batch_observations()
+                clients = [asyncio.create_task(client(user)) for user in list(USERS)[:8]]
+                await asyncio.sleep(1.0)
+                # A new version with one new item that no one has interacted with yet (in
+                # production the knowledge job adds such items with their knowledge vectors).
+                import copy
 
-        try:
-            # The new item is unknown to the first version.
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await stub.Recommend(
+                grown = copy.deepcopy(model)
+                grown.extend_items(1, None)
+                second = await asyncio.to_thread(
+                    _publish,
+                    registry,
+                    grown,
+                    [0, *ITEMS, NEW_ITEM],
+                    world["folder"] / "v2",
+                    "grown",
+                )
+                await asyncio.to_thread(announce, settings, second)
+
+                async def swapped():
+                    while versions[second.version] < 20:
+                        await asyncio.sleep(0.05)
+
+                await asyncio.wait_for(swapped(), 60)
+                done.set()
+                await asyncio.gather(*clients)
+                assert failures == []
+                assert versions[world["first"].version] > 0 and versions[second.version] >= 20
+                # Concurrent requests shared forwards.
+                requests = sum(versions.values())
+                assert _batch_observations() - batches_before < requests
+                with_new = await stub.Recommend(
                     recommender_pb2.RecommendRequest(user_id=1, k=1, candidate_item_ids=[NEW_ITEM]),
                     timeout=10,
                 )
-            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert await asyncio.to_thread(servicer.holder.listening.wait, 30)
-            batches_before = _batch_observations()
-            clients = [asyncio.create_task(client(user)) for user in list(USERS)[:8]]
-            await asyncio.sleep(1.0)
-            # A new version with one new item that no one has interacted with yet (in
-            # production the knowledge job adds such items with their knowledge vectors).
-            import copy
-
-            grown = copy.deepcopy(model)
-            grown.extend_items(1, None)
-            second = await asyncio.to_thread(
-                _publish, registry, grown, [0, *ITEMS, NEW_ITEM], world["folder"] / "v2", "grown"
-            )
-            await asyncio.to_thread(announce, settings, second)
-
-            async def swapped():
-                while versions[second.version] < 20:
-                    await asyncio.sleep(0.05)
-
-            await asyncio.wait_for(swapped(), 60)
-            done.set()
-            await asyncio.gather(*clients)
-            assert failures == []
-            assert versions[world["first"].version] > 0 and versions[second.version] >= 20
-            # Concurrent requests shared forwards.
-            requests = sum(versions.values())
-            assert _batch_observations() - batches_before < requests
-            with_new = await stub.Recommend(
-                recommender_pb2.RecommendRequest(user_id=1, k=1, candidate_item_ids=[NEW_ITEM]),
-                timeout=10,
-            )
-            assert _ids(with_new) == [NEW_ITEM]
-            assert with_new.model_version == second.version
-        finally:
-            done.set()
-            await channel.close()
-            await server.stop(None)
+                assert _ids(with_new) == [NEW_ITEM]
+                assert with_new.model_version == second.version
+            finally:
+                done.set()
 
     asyncio.run(scenario())
 
@@ -384,10 +380,8 @@ def test_with_auth_on_a_call_needs_the_token(world):
     settings.serving.auth_tokens = ["serving-test-token"]
 
     async def scenario():
-        server, servicer, channel = await _serving(settings)
-        port = server.port
-        try:
-            stub = recommender_pb2_grpc.RecommenderServiceStub(channel)
+        async with _serving(settings) as (server, _, stub):
+            port = server.port
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.Recommend(recommender_pb2.RecommendRequest(user_id=2, k=3), timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -401,8 +395,5 @@ def test_with_auth_on_a_call_needs_the_token(world):
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             answer = await asyncio.to_thread(with_client, "serving-test-token")
             assert len(answer.items) == 3 and not answer.cold_start
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())

@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from workers.alignment.generator import AlignmentTask, KnowledgeSampler, SamplingConfig
+
 WORDS = [
     "<unk>", "<pad>", "<eos>", "item", "knowledge", "about", "users", "enjoy",
     "movie", "film", "story", "drama", "comedy", "fun", "dark", "long", "short",
@@ -112,3 +114,22 @@ class TinyKnowledgeRecommender(torch.nn.Module):
 def knowledge_only(item: int, text: str) -> str:
     """The sampled text as its own document (these toy items have no facts)."""
     return text
+
+
+def random_instances(count: int, n_items: int, width: int, generator: torch.Generator):
+    """`count` histories of 1..`width` random items (right-padded to `width`), their lengths
+    and a random target each."""
+    lengths = torch.randint(1, width + 1, (count,), generator=generator)
+    histories = torch.randint(1, n_items, (count, width), generator=generator)
+    histories[torch.arange(width).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
+    targets = torch.randint(1, n_items, (count,), generator=generator)
+    return histories, lengths, targets
+
+
+def toy_sampler(
+    policy, recommender, frozen, encode, task: AlignmentTask, config: SamplingConfig
+) -> KnowledgeSampler:
+    """A sampler over the tiny tokenizer whose sampled texts are the items' whole documents."""
+    return KnowledgeSampler(
+        policy, tiny_tokenizer(), recommender, frozen, encode, knowledge_only, task, config
+    )

@@ -3,9 +3,6 @@ BPE, fetched once into the cache) and a tiny random Llama over its vocabulary.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -41,15 +38,3 @@ def tiny_llm(tokenizer, seed: int = 0) -> LlamaForCausalLM:
         eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config).eval()
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Small models on a shared machine: with two threads, every one of the many tiny ops
-    waits at a barrier for a thread the busy cores have descheduled (20x slower here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

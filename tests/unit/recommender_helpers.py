@@ -4,7 +4,6 @@ causal all-positions objective, and the contract's edge cases."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,31 @@ import torch
 from models.artifacts import ArtifactError
 from models.metrics import ranks_from_scores
 from models.sequential import SequentialRecommender, build_recommender
+from tests.threads import one_torch_thread
 
 N_ITEMS = 31  # padding + 30 real items
 LENGTH = 8
 KNOWLEDGE_DIM = 12
+# What every model's tiny config starts from (the contract tests' window is LENGTH).
+TINY_BASE = {"hidden_size": 16, "max_seq_length": LENGTH, "dropout_prob": 0.0}
+# ... and the self-attention models' (SASRec, LightSANs): one layer of two heads.
+TINY_ATTENTION = {
+    **TINY_BASE,
+    "n_layers": 1,
+    "n_heads": 2,
+    "inner_size": 32,
+    "attn_dropout_prob": 0.0,
+}
+# A one-layer, one-head SASRec on windows of six, for the tests of what is built around a model.
+TINY_SASREC = {
+    "hidden_size": 16,
+    "n_layers": 1,
+    "n_heads": 1,
+    "inner_size": 32,
+    "max_seq_length": 6,
+    "dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+}
 
 
 def successor_table(seed: int = 0) -> torch.Tensor:
@@ -39,17 +59,6 @@ def walks(successor: torch.Tensor, count: int, length: int, seed: int) -> torch.
     return torch.stack(steps, dim=1)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models train faster on one thread than on cores shared with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_on_walks(model, steps: int = 60, lr: float = 0.01) -> None:
     successor = successor_table()
     sequences = walks(successor, 64, LENGTH + 1, seed=1)
@@ -57,7 +66,7 @@ def train_on_walks(model, steps: int = 60, lr: float = 0.01) -> None:
     lengths = torch.full((len(sequences),), LENGTH)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    with one_thread():
+    with one_torch_thread():
         for _ in range(steps):
             optimizer.zero_grad()
             model.loss(inputs, lengths, targets).backward()
@@ -175,3 +184,26 @@ def check_round_trip(name: str, config: dict, folder: Path):
     weights.write_bytes(weights.read_bytes()[:-100])  # a truncated copy
     with pytest.raises(ArtifactError, match="model.safetensors"):
         SequentialRecommender.from_pretrained(folder)
+
+
+class RecommenderContract:
+    """The contract's checks as tests: a model's test file subclasses this as `Test<Model>`
+    with the model's registered `name` and its tiny `config`."""
+
+    name: str
+    config: dict
+
+    def test_learns_the_successor_of_each_item(self):
+        check_learns_successor(self.name, self.config)
+
+    def test_learns_the_successor_with_knowledge(self):
+        check_learns_successor(self.name, self.config, with_knowledge=True)
+
+    def test_padded_and_empty_histories_get_finite_scores(self):
+        check_padded_history_scores_finite(self.name, self.config)
+
+    def test_knowledge_only_item_gets_a_finite_score(self):
+        check_knowledge_only_item(self.name, self.config)
+
+    def test_save_pretrained_round_trip_keeps_scores_and_knowledge(self, tmp_path):
+        check_round_trip(self.name, self.config, tmp_path)

@@ -11,9 +11,9 @@ from tests.unit.alignment_helpers import (
     WORDS,
     BagOfWords,
     TinyKnowledgeRecommender,
-    knowledge_only,
+    random_instances,
     tiny_llm,
-    tiny_tokenizer,
+    toy_sampler,
 )
 from workers.alignment.generator import (
     AlignmentTask,
@@ -30,10 +30,7 @@ def _sampler(resample: str = "last_item", k_items: int = 1) -> KnowledgeSampler:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     encode = BagOfWords()
-    lengths = torch.randint(1, 4, (24,), generator=generator)
-    histories = torch.randint(1, N_ITEMS, (24, 3), generator=generator)
-    histories[torch.arange(3).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
-    targets = torch.randint(1, N_ITEMS, (24,), generator=generator)
+    histories, lengths, targets = random_instances(24, N_ITEMS, 3, generator)
     cached = torch.as_tensor(encode([" ".join(WORDS[3 : 3 + i]) for i in range(N_ITEMS)]))
     task = AlignmentTask(
         histories=histories,
@@ -45,13 +42,11 @@ def _sampler(resample: str = "last_item", k_items: int = 1) -> KnowledgeSampler:
         k_items=k_items,
     )
     policy = attach_lora(tiny_llm(1), 4, 8, 0.0, ["q_proj", "v_proj"])
-    return KnowledgeSampler(
+    return toy_sampler(
         policy,
-        tiny_tokenizer(),
         TinyKnowledgeRecommender(N_ITEMS, 8, knowledge=cached),
         TinyKnowledgeRecommender(N_ITEMS, 8),
         encode,
-        knowledge_only,
         task,
         SamplingConfig(batch_size=4, max_new_tokens=3, temperature=1.0, top_p=1.0),
     )

@@ -18,23 +18,15 @@ from tests.unit.alignment_helpers import (
     WORDS,
     BagOfWords,
     TinyKnowledgeRecommender,
-    knowledge_only,
+    random_instances,
     tiny_llm,
-    tiny_tokenizer,
+    toy_sampler,
 )
-from workers.alignment.generator import AlignmentTask, KnowledgeSampler, SamplingConfig
+from workers.alignment.generator import AlignmentTask, SamplingConfig
 from workers.alignment.trainer import AlignmentTrainer, TrainerConfig
 
 N_ITEMS = 9  # 1..8, 0 is padding
 CONTENT = [w for w in WORDS[3:] if w != KEYWORD]
-
-
-def _instances(count: int, generator: torch.Generator):
-    lengths = torch.randint(1, 5, (count,), generator=generator)
-    histories = torch.randint(1, N_ITEMS, (count, 4), generator=generator)
-    histories[torch.arange(4).unsqueeze(0) >= lengths.unsqueeze(1)] = 0
-    targets = torch.randint(1, N_ITEMS, (count,), generator=generator)
-    return histories, lengths, targets
 
 
 def _pretrain(model, histories, lengths, targets, tables=None, steps: int = 40):
@@ -63,7 +55,7 @@ def test_alignment_raises_the_ratio_and_the_keyword():
     generator = torch.Generator().manual_seed(0)
     encode = BagOfWords()
     cached = torch.as_tensor(encode([" ".join(CONTENT)] * N_ITEMS))
-    histories, lengths, targets = _instances(32, generator)
+    histories, lengths, targets = random_instances(32, N_ITEMS, 4, generator)
 
     frozen = TinyKnowledgeRecommender(N_ITEMS, 16)
     _pretrain(frozen, histories, lengths, targets)
@@ -92,13 +84,11 @@ def test_alignment_raises_the_ratio_and_the_keyword():
         knowledge=cached,
         resample="target_item",
     )
-    sampler = KnowledgeSampler(
+    sampler = toy_sampler(
         policy,
-        tiny_tokenizer(),
         recommender,
         frozen,
         encode,
-        knowledge_only,
         task,
         SamplingConfig(batch_size=12, max_new_tokens=4, temperature=1.0, top_p=1.0),
     )

@@ -38,6 +38,15 @@ def private_cache(tmp_path):
     return Settings(cache_dir=tmp_path)
 
 
+def _dataset_folder(cache, name: str, files: dict[str, str]):
+    """The folder where the cache looks for dataset `name`, with these files written in it."""
+    folder = cache / "datasets" / name
+    folder.mkdir(parents=True)
+    for file, text in files.items():
+        (folder / file).write_text(text)
+    return folder
+
+
 def _raw_rows(dataset, part):
     split = dataset.splits[part]
     raw = dataset.item_raw_ids
@@ -214,12 +223,14 @@ def test_ml1m_in_grouplens_format(tmp_path):
 
 
 def test_the_history_window_is_max_seq_length(tmp_path):
-    folder = tmp_path / "datasets" / "ml-1m"
-    folder.mkdir(parents=True)
-    (folder / "ratings.dat").write_text(
-        "".join(f"1::{item}::5::{1000 + item}\n" for item in range(1, 8))
+    _dataset_folder(
+        tmp_path,
+        "ml-1m",
+        {
+            "ratings.dat": "".join(f"1::{item}::5::{1000 + item}\n" for item in range(1, 8)),
+            "movies.dat": "".join(f"{i}::M{i} (2000)::Drama\n" for i in range(1, 8)),
+        },
     )
-    (folder / "movies.dat").write_text("".join(f"{i}::M{i} (2000)::Drama\n" for i in range(1, 8)))
     data = load_dataset("ml-1m", Settings(cache_dir=tmp_path), max_seq_length=3)
     assert _raw_rows(data, "test") == [("1", "7", ["4", "5", "6"])]
     assert _raw_rows(data, "valid") == [("1", "6", ["3", "4", "5"])]
@@ -234,14 +245,19 @@ def test_a_folder_named_in_the_settings(tmp_path):
 
 
 def test_ml20m_csv_files(tmp_path):
-    folder = tmp_path / "datasets" / "ml-20m"
-    folder.mkdir(parents=True)
-    (folder / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,29,4.0,1112484676\n"
-    )
-    (folder / "movies.csv").write_text(
-        "movieId,title,genres\n2,Jumanji (1995),Adventure|Children\n"
-        '29,"City of Lost Children, The (Cité des enfants perdus, La) (1995) ",(no genres listed)\n'
+    _dataset_folder(
+        tmp_path,
+        "ml-20m",
+        {
+            "ratings.csv": (
+                "userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,29,4.0,1112484676\n"
+            ),
+            "movies.csv": (
+                "movieId,title,genres\n2,Jumanji (1995),Adventure|Children\n"
+                '29,"City of Lost Children, The (Cité des enfants perdus, La) (1995) ",'
+                "(no genres listed)\n"
+            ),
+        },
     )
     data = load_dataset("ml-20m", Settings(cache_dir=tmp_path))
     city = data.items[data.item_inner_ids["29"]]
@@ -251,13 +267,17 @@ def test_ml20m_csv_files(tmp_path):
 
 
 def test_recbole_atomic_files_under_any_name(tmp_path):
-    folder = tmp_path / "datasets" / "my-shop"
-    folder.mkdir(parents=True)
-    (folder / "my-shop.inter").write_text(
-        "user_id:token\titem_id:token\ttimestamp:float\nu1\tx\t5\nu1\ty\t6\nu2\tx\t4\n"
-    )
-    (folder / "my-shop.item").write_text(
-        "item_id:token\ttitle:token_seq\tcategories:token_seq\nx\tA Lamp\tHome Lighting\n"
+    _dataset_folder(
+        tmp_path,
+        "my-shop",
+        {
+            "my-shop.inter": (
+                "user_id:token\titem_id:token\ttimestamp:float\nu1\tx\t5\nu1\ty\t6\nu2\tx\t4\n"
+            ),
+            "my-shop.item": (
+                "item_id:token\ttitle:token_seq\tcategories:token_seq\nx\tA Lamp\tHome Lighting\n"
+            ),
+        },
     )
     data = load_dataset("my-shop", Settings(cache_dir=tmp_path))
     lamp = data.items[data.item_inner_ids["x"]]
@@ -267,8 +287,7 @@ def test_recbole_atomic_files_under_any_name(tmp_path):
 
 
 def test_amazon_5core_reviews_with_meta(tmp_path):
-    folder = tmp_path / "datasets" / "amazon-books"
-    folder.mkdir(parents=True)
+    folder = _dataset_folder(tmp_path, "amazon-books", {})
     reviews = [
         {"reviewerID": "A1", "asin": "B01", "overall": 5.0, "unixReviewTime": 100,
          "reviewText": "great", "summary": "Five stars"},

@@ -10,18 +10,9 @@ from transformers import BertConfig, BertModel
 
 from models.knowledge.fusion import KnowledgeFusion, TextKnowledge
 from models.sequential import SequentialRecommender, build_recommender
+from tests.unit.recommender_helpers import TINY_SASREC
 
-TINY = {
-    "hidden_size": 16,
-    "n_layers": 1,
-    "n_heads": 1,
-    "inner_size": 32,
-    "max_seq_length": 6,
-    "dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-    "knowledge_size": 8,
-    "knowledge_dropout": 0.0,
-}
+TINY = {**TINY_SASREC, "knowledge_size": 8, "knowledge_dropout": 0.0}
 
 
 def tiny_encoder() -> BertModel:

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from models.artifacts import ArtifactError
-from models.genrec import DigitTokenizer, GenRec, GenRecConfig
+from models.genrec import DigitTokenizer, GenRec
 from models.genrec.tokenization import PretrainedTokenizer, load_tokenizer
 from streamrec.datasets.splits import leave_one_out
 from streamrec.settings import GenRecSettings
+from tests.unit.genrec_helpers import N_ITEMS, N_USERS, tiny_model
 from workers.genrec_training import (
     Example,
     evaluate,
@@ -24,36 +25,7 @@ from workers.genrec_training import (
 )
 from workers.recommender_training import EPOCH, VALID_NDCG
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on cores shared with other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-N_ITEMS = 31  # rows: padding + items 1..30, written digit by digit: two sub-tokens each
-N_USERS = 9
-
-
-def tiny_model(seed: int = 0, max_history: int = 6) -> GenRec:
-    torch.manual_seed(seed)
-    config = GenRecConfig(
-        n_items=N_ITEMS,
-        n_users=N_USERS,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        attention_heads=2,
-        ffn_dim=64,
-        dropout=0.0,
-        init_std=0.2,
-        max_history=max_history,
-        piece_digits=1,
-    )
-    return GenRec(config, DigitTokenizer(N_USERS, N_ITEMS, piece_digits=1))
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 def test_digit_tokens_are_fixed_width_and_distinct():

@@ -6,7 +6,6 @@ import pytest
 
 from models.knowledge.encoding import TextEncoder
 from streamrec.assets import load_text_encoder
-from tests.unit.knowledge_helpers import one_torch_thread
 
 TEXTS = [
     "A gritty crime thriller about a professional thief and the detective chasing him.",
@@ -16,10 +15,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,13 @@ from models.knowledge.generation import KnowledgeGenerator
 from models.knowledge.parsing import PARSE_OUTCOMES
 from models.knowledge.prompts import template_for
 from streamrec.assets import load_llm
-from tests.unit.knowledge_helpers import MOVIES, one_torch_thread, real_tokenizer, tiny_llm
+from tests.unit.knowledge_helpers import MOVIES, real_tokenizer, tiny_llm
 from workers.knowledge_pipeline import documents, generate_cached, parse_counts
 
 MOVIES_TEMPLATE = template_for("movies")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from streamrec.cli import app
 from streamrec.datasets.splits import leave_one_out
 from streamrec.registry import ModelRegistry
 from streamrec.settings import Settings
-from tests.unit.recommender_helpers import N_ITEMS, one_thread, successor_table
+from tests.threads import one_torch_thread
+from tests.unit.recommender_helpers import N_ITEMS, TINY_SASREC, successor_table
 from workers.recommender_training import (
     item_texts,
     knowledge_variant,
@@ -26,16 +27,6 @@ from workers.recommender_training import (
     run_variant,
     train_first_model,
 )
-
-TINY = {
-    "hidden_size": 16,
-    "n_layers": 1,
-    "n_heads": 1,
-    "inner_size": 32,
-    "max_seq_length": 6,
-    "dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-}
 
 
 def walk_dataset(users: int = 40, length: int = 12) -> SimpleNamespace:
@@ -86,7 +77,7 @@ def test_a_seed_trains_to_early_stopping_and_is_saved(tmp_path):
     settings = Settings(
         data_dir=tmp_path,
         recommender={
-            "model_configs": {"sasrec": TINY},
+            "model_configs": {"sasrec": TINY_SASREC},
             "epochs": 12,
             "patience": 3,
             "batch_size": 16,
@@ -97,7 +88,7 @@ def test_a_seed_trains_to_early_stopping_and_is_saved(tmp_path):
     data = protocol_data(walk_dataset())
     folder = tmp_path / "checkpoint"
     variant, _ = knowledge_variant(settings, data, None)
-    with one_thread():
+    with one_torch_thread():
         row, runs = run_variant(settings, data, "sasrec", variant, [0], save_to=lambda _: folder)
     assert row["variant"] == "base" and row["seeds"] == [0]
     assert row["metrics"]["hr@5"] >= 0.9  # the walk's next item is determined
@@ -130,14 +121,14 @@ def test_the_first_model_is_trained_by_the_one_loop_and_published(tmp_path):
         kafka={"bootstrap_servers": f"127.0.0.1:{closed}"},
         registry={"announce_timeout_s": 1.0},
         recommender={
-            "model_configs": {"sasrec": TINY},
+            "model_configs": {"sasrec": TINY_SASREC},
             "batch_size": 16,
             "learning_rate": 0.02,
             "device": "cpu",
         },
         serving={"torch_threads": 1},
     )
-    with one_thread():
+    with one_torch_thread():
         version = train_first_model(settings, walk_dataset(), epochs=8, max_users=30)
     assert (version.family, version.version) == ("seralm", "v000001")
     latest = ModelRegistry.from_settings(settings).latest(settings.recommender.family)
@@ -159,7 +150,7 @@ def test_alignment_pretrains_rec_and_rec_f_through_the_same_path(tmp_path):
 
     settings = Settings(
         data_dir=tmp_path,
-        recommender={"model_configs": {"sasrec": TINY}, "patience": 8},
+        recommender={"model_configs": {"sasrec": TINY_SASREC}, "patience": 8},
         alignment={
             "pretrain_epochs": 8,
             "pretrain_batch_size": 16,
@@ -168,7 +159,7 @@ def test_alignment_pretrains_rec_and_rec_f_through_the_same_path(tmp_path):
     )
     data = protocol_data(walk_dataset())
     table = torch.randn(N_ITEMS, 4)
-    with one_thread():
+    with one_torch_thread():
         rec = pretrained_recommender(settings, data, table, "", torch.device("cpu"))
         rec_f = pretrained_recommender(settings, data, None, "", torch.device("cpu"))
     torch.testing.assert_close(rec.fusion.knowledge, table)
