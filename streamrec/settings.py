@@ -206,7 +206,7 @@ class RecommenderSettings(BaseModel):
     device: str = "auto"  # "auto": cuda when there is one
     # Torch threads (0: torch's default).
     threads: int = 0
-    # Per model, overrides of its config dataclass (models/sequential/<model>.py).
+    # Per model, overrides of its config dataclass (models/sequential/configuration_<model>.py).
     model_configs: dict[str, dict] = {}
     epochs: int = 200
     batch_size: int = 128
