@@ -83,8 +83,10 @@ def configure(verbose: bool = False) -> None:
             logger.removeFilter(old)
         if not verbose:
             logger.addFilter(_DropRoutine(fragment))
-    # Read by transformers and huggingface_hub when they are imported (later, lazily).
+    # Read by transformers and huggingface_hub when they are imported (later, lazily), and by
+    # gRPC's C core (its INFO lines, e.g. a peer's GOAWAY at shutdown, go to stderr).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("GRPC_VERBOSITY", "INFO" if verbose else "ERROR")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -8,6 +8,11 @@ the first run ever fetches them.
 
 from __future__ import annotations
 
+import os
+
+# As `streamrec` runs by default (streamrec.logs): gRPC's C core prints only errors.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from pathlib import Path
 
 import pytest
