@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import urllib.request
 
@@ -173,6 +174,38 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_keep_flowing(stream_worker
         f"http://127.0.0.1:{settings.streams.web_port}/health", timeout=10
     ).read()
     assert b'"ok"' in health
+
+
+def test_a_message_at_the_broker_limit_is_dead_lettered_and_the_partition_moves_on(
+    stream_worker,
+):
+    """The broker takes ~1 MB; the letter for it must still fit the worker's producer."""
+    settings = stream_worker.settings
+    stream_worker.start()
+    raw = KafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", max_request_size=2**21
+    )
+    huge = bytes(range(256)) * (1_040_000 // 256)
+    raw.send(settings.kafka.interactions_topic, key=b"8", value=huge, partition=0).get(30)
+    after = events_pb2.InteractionEvent(
+        event_id="after-huge", user_id=8, item_id=9, event_type=1, timestamp_ms=now_ms()
+    )
+    raw.send(
+        settings.kafka.interactions_topic,
+        key=b"8",
+        value=after.SerializeToString(),
+        partition=0,
+    ).get(30)
+    raw.close()
+
+    wait_for(lambda: count_rows(settings, "interactions") >= 1, 60, "the next event", stream_worker)
+    (letter,) = _read_topic(settings, settings.kafka.dlq_topic, events_pb2.DeadLetter, 1)
+    assert letter.reason.startswith("oversized")
+    assert letter.truncated and letter.original_size == len(huge)
+    assert letter.original_sha256 == hashlib.sha256(huge).hexdigest()
+    assert letter.payload == huge[: settings.streams.dead_letter_payload_bytes]
+    assert stream_worker.running()
+    assert _stored_sequences(settings) == {8: [9]}
 
 
 def test_the_same_event_sent_twice_is_stored_once(stream_worker):
