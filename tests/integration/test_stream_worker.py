@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 import urllib.request
 
@@ -206,6 +207,34 @@ def test_a_message_at_the_broker_limit_is_dead_lettered_and_the_partition_moves_
     assert letter.payload == huge[: settings.streams.dead_letter_payload_bytes]
     assert stream_worker.running()
     assert _stored_sequences(settings) == {8: [9]}
+
+
+def test_late_and_early_events_take_their_place_in_time_as_history_reads_them(stream_worker):
+    settings = stream_worker.settings
+    stream_worker.start()
+    start = now_ms() - 3_600_000
+    shuffled = random.Random(7)
+    with InteractionProducer.from_settings(settings) as producer:
+        for user in range(21, 36):
+            stamps = [start + 1000 * n for n in range(30)]
+            shuffled.shuffle(stamps)
+            for n, stamp in enumerate(stamps):
+                producer.send(
+                    user_id=user, item_id=500 + n, event_id=f"{user}-{n}", timestamp_ms=stamp
+                )
+        # A last event per user, newest of all: its example's history is the sequence.
+        for user in range(21, 36):
+            producer.send(user_id=user, item_id=999, event_id=f"{user}-last", timestamp_ms=now_ms())
+    wait_for(lambda: count_rows(settings, "interactions") >= 465, 90, "465 rows", stream_worker)
+
+    last = {e.user_id: e for e in _examples(settings, expected=450) if e.target_item_id == 999}
+    history = HistoryStore(settings)
+    window = settings.streams.sequence_length
+    for user in range(21, 36):
+        stored = [h.item_id for h in history.recent(user, window + 1)][:-1]
+        assert list(last[user].history) == stored
+        assert list(last[user].history_timestamps_ms) == sorted(last[user].history_timestamps_ms)
+    history.close()
 
 
 def test_the_same_event_sent_twice_is_stored_once(stream_worker):
