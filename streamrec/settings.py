@@ -95,6 +95,9 @@ class StreamSettings(BaseModel):
     # A worker that dies without leaving its group holds its partitions this long:
     # the time a restarted or surviving worker waits before taking them over.
     session_timeout_s: float = 30.0
+    # Static membership (streams/membership.py): a restarted worker rejoins under its
+    # predecessor's id and gets its partitions back at once, not after session_timeout_s.
+    static_membership: bool = True
     # Training examples per Kafka message on the training-examples topic.
     examples_per_message: int = 200
     max_clock_skew_s: int = 24 * 3600

@@ -313,6 +313,28 @@ def test_a_killed_worker_resumes_without_losing_or_doubling(stream_worker):
     assert list(example.history) == expected[user][-window:]
 
 
+def test_a_killed_worker_is_replaced_without_waiting_out_its_session(stream_worker):
+    """Static membership: the restarted worker rejoins under its predecessor's id, so it
+    writes again long before the dead one's session (60 s here) would have expired."""
+    settings = stream_worker.settings
+    stream_worker.environment["STREAMREC_STREAMS__SESSION_TIMEOUT_S"] = "60"
+    stream_worker.start()
+    _send_clicks(settings, 200, users=5)
+    wait_for(lambda: count_rows(settings, "interactions") >= 200, 90, "first rows", stream_worker)
+    stream_worker.kill()
+    _send_clicks(settings, 200, users=5, start=200)
+    restarted = time.monotonic()
+    stream_worker.start()
+    wait_for(
+        lambda: count_rows(settings, "interactions", final=True) >= 400,
+        30,
+        "the restarted worker's rows, well within the 60 s session",
+        stream_worker,
+    )
+    assert time.monotonic() - restarted < 30
+    assert count_rows(settings, "interactions", final=True) == 400
+
+
 def test_rows_written_while_clickhouse_is_down_arrive_when_it_returns(stream_worker, services):
     settings = stream_worker.settings
     stream_worker.start()
