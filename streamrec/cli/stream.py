@@ -40,7 +40,8 @@ def stream_worker(
         from streams.membership import claim_instance_id
 
         faust_app.conf.consumer_group_instance_id = claim_instance_id(
-            settings.streams.app_id, settings.data_dir / "faust" / "members"
+            settings.streams.app_id,
+            settings.data_dir / "faust" / "members" / settings.streams.app_id,
         )
 
     # Below the chosen level nothing is printed, yet the Kafka clients build a
