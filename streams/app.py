@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from streamrec.services import kafka_bootstrap
 from streamrec.settings import get_settings
 from streamrec.v1 import events_pb2
+from streams.identity import event_id_row, first_wins
 from streams.producer import now_ms
 from streams.sequences import apply_events
 from streams.sink import ClickHouseSink, interaction_row, item_row
@@ -40,6 +41,10 @@ DEAD_LETTERS = Counter(
     "streamrec_stream_dead_letters_total", "Events sent to the DLQ", ["topic", "reason"]
 )
 EXAMPLES_OUT = Counter("streamrec_stream_training_examples_total", "Training examples produced")
+REPEATED_EVENTS = Counter(
+    "streamrec_stream_repeated_events_total",
+    "Events dropped as an exact repeat of one already stored under their event_id",
+)
 NEW_ITEMS = Counter("streamrec_stream_new_items_total", "Items seen for the first time")
 CONSUMER_LAG = Gauge(
     "streamrec_stream_consumer_lag",
@@ -197,15 +202,27 @@ def _exit_on_error():
 async def _handle_interactions(batch: list[faust.EventT]) -> None:
     """Validate, store, fold into the user sequences, emit training examples."""
     valid = await _valid_events(batch, events_pb2.InteractionEvent, interaction_problem)
+    loop = asyncio.get_running_loop()
+    known = await loop.run_in_executor(
+        None, sink.stored_event_ids, [decoded.event_id for _, decoded in valid]
+    )
+    verdicts = first_wins(
+        [(event, event.message.partition, event.message.offset, d) for event, d in valid], known
+    )
+    for (event, *_), problem in verdicts.refused:
+        _dead_letter(event, problem)
+    REPEATED_EVENTS.inc(len(verdicts.repeats))
     ingested_ms = now_ms()
     rows = [
-        interaction_row(decoded, event.message.partition, event.message.offset, ingested_ms)
-        for event, decoded in valid
+        interaction_row(decoded, partition, offset, ingested_ms)
+        for _, partition, offset, decoded in verdicts.keep
     ]
-    await asyncio.get_running_loop().run_in_executor(None, sink.write_interactions, rows)
+    await loop.run_in_executor(None, sink.write_interactions, rows)
+    ids = [event_id_row(stored, event_id, ingested_ms) for event_id, stored in verdicts.new_ids]
+    await loop.run_in_executor(None, sink.write_event_ids, ids)
 
     by_user = defaultdict(list)
-    for event, decoded in valid:
+    for event, _, _, decoded in verdicts.keep:
         by_user[str(decoded.user_id)].append((event, decoded))
     examples_by_partition = defaultdict(list)
     for user, user_events in by_user.items():

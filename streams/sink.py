@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 from streamrec.db import connect
 from streamrec.settings import Settings
 from streamrec.v1 import events_pb2
+from streams.identity import Stored
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ SINK_RETRIES = Counter(
 INTERACTION_COLUMNS = (
     "event_id, user_id, item_id, event_type, value, timestamp, timestamp_ms, "
     "context_keys, context_values, source_partition, source_offset, ingested_ms"
+)
+EVENT_ID_COLUMNS = (
+    "event_id, fingerprint, user_id, source_partition, source_offset, ingested_ms, precedence"
 )
 ITEM_COLUMNS = (
     "item_id, title, year, categories, description, attribute_keys, attribute_values, "
@@ -113,35 +117,59 @@ class ClickHouseSink:
     def _insert(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
         self._client().execute(f"INSERT INTO {table} ({columns}) VALUES", list(rows))
 
+    def _retrying(self, table: str, what: str, action):
+        """`action()`'s result, retried with backoff until ClickHouse answers."""
+        backoff = 0.1
+        while True:
+            try:
+                return action()
+            except Exception as error:  # any driver or network error: reconnect and retry
+                SINK_RETRIES.labels(table).inc()
+                log.warning("%s failed (%s); retrying in %.1fs", what, error, backoff)
+                self._drop_client()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
     def write(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
         """Insert `rows`, retrying until ClickHouse takes them."""
         if not rows:
             return
-        backoff = 0.1
-        while True:
-            started = time.perf_counter()
-            try:
-                self._insert(table, columns, rows)
-            except Exception as error:  # any driver or network error: reconnect and retry
-                SINK_RETRIES.labels(table).inc()
-                log.warning(
-                    "insert of %d rows into %s failed (%s); retrying in %.1fs",
-                    len(rows),
-                    table,
-                    error,
-                    backoff,
-                )
-                self._drop_client()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-                continue
-            SINK_SECONDS.labels(table).observe(time.perf_counter() - started)
-            SINK_BATCH.labels(table).observe(len(rows))
-            SINK_ROWS.labels(table).inc(len(rows))
-            return
+        started = time.perf_counter()
+        what = f"insert of {len(rows)} rows into {table}"
+        self._retrying(table, what, lambda: self._insert(table, columns, rows))
+        SINK_SECONDS.labels(table).observe(time.perf_counter() - started)
+        SINK_BATCH.labels(table).observe(len(rows))
+        SINK_ROWS.labels(table).inc(len(rows))
+
+    def stored_event_ids(self, event_ids: Sequence[str]) -> dict[str, Stored]:
+        """What `event_ids` holds for these ids: the first content stored under each. The
+        ids travel as an external table, so a batch of long ids makes no long query."""
+        if not event_ids:
+            return {}
+
+        def lookup():
+            return self._client().execute(
+                "SELECT event_id, argMax(fingerprint, precedence), argMax(user_id, precedence), "
+                "argMax(source_partition, precedence), argMax(source_offset, precedence) "
+                "FROM event_ids WHERE event_id IN (SELECT event_id FROM batch_ids) "
+                "GROUP BY event_id",
+                external_tables=[
+                    {
+                        "name": "batch_ids",
+                        "structure": [("event_id", "String")],
+                        "data": [{"event_id": event_id} for event_id in set(event_ids)],
+                    }
+                ],
+            )
+
+        rows = self._retrying("event_ids", "event id lookup", lookup)
+        return {row[0]: Stored(*row[1:]) for row in rows}
 
     def write_interactions(self, rows: Sequence[tuple]) -> None:
         self.write("interactions", INTERACTION_COLUMNS, rows)
+
+    def write_event_ids(self, rows: Sequence[tuple]) -> None:
+        self.write("event_ids", EVENT_ID_COLUMNS, rows)
 
     def write_items(self, rows: Sequence[tuple]) -> None:
         self.write("items", ITEM_COLUMNS, rows)

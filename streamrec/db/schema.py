@@ -56,6 +56,25 @@ TABLES: tuple[Table, ...] = (
         shard_key="user_id",
     ),
     Table(
+        name="event_ids",
+        # The first content stored under each interaction's event_id, whatever partition
+        # it came from (streams/identity.py): a later event reusing the id with other
+        # content is refused. Looked up by event_id, so it is the sorting key; the
+        # earliest row wins a merge (`precedence` falls as `ingested_ms` grows).
+        columns="""
+            event_id String,
+            fingerprint UInt64,
+            user_id Int64,
+            source_partition Int32,
+            source_offset Int64,
+            ingested_ms Int64,
+            precedence UInt64
+        """,
+        version_column="precedence",
+        order_by="event_id",
+        shard_key="cityHash64(event_id)",
+    ),
+    Table(
         name="items",
         columns="""
             item_id Int64,

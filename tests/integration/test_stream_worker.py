@@ -255,6 +255,51 @@ def test_the_same_event_sent_twice_is_stored_once(stream_worker):
     assert [(list(e.history), e.target_item_id) for e in examples] == [([12], 13)]
 
 
+def test_an_event_id_is_stored_once_and_changed_copies_go_to_the_dlq(stream_worker):
+    """A retry that re-stamps the time, the id reused for another user or another item:
+    the first content wins in ClickHouse, the sequences and the examples."""
+    settings = stream_worker.settings
+    stream_worker.start()
+    stamp = now_ms() - 60_000
+    first = events_pb2.InteractionEvent(
+        event_id="reused", user_id=41, item_id=1, event_type=1, timestamp_ms=stamp
+    )
+    changed = [
+        events_pb2.InteractionEvent(
+            event_id="reused", user_id=41, item_id=1, event_type=1, timestamp_ms=stamp + 5
+        ),
+        events_pb2.InteractionEvent(
+            event_id="reused", user_id=42, item_id=1, event_type=1, timestamp_ms=stamp
+        ),
+        events_pb2.InteractionEvent(
+            event_id="reused", user_id=41, item_id=7, event_type=1, timestamp_ms=stamp
+        ),
+    ]
+    with InteractionProducer.from_settings(settings) as producer:
+        producer.send_event(first)
+        producer.send(user_id=41, item_id=2, event_id="next", timestamp_ms=stamp + 1000)
+        producer.flush()
+        # A later batch, so the first is found in ClickHouse rather than in the batch.
+        wait_for(lambda: count_rows(settings, "interactions") >= 2, 60, "rows", stream_worker)
+        for event in changed:
+            producer.send_event(event)
+        producer.send_event(first)  # an exact retry: dropped quietly
+        producer.send(user_id=42, item_id=3, event_id="after", timestamp_ms=stamp + 2000)
+    wait_for(lambda: count_rows(settings, "interactions") >= 3, 60, "the last row", stream_worker)
+
+    letters = _read_topic(settings, settings.kafka.dlq_topic, events_pb2.DeadLetter, 3)
+    assert len(letters) == 3
+    assert all(letter.reason.startswith("duplicate_event_id") for letter in letters)
+    assert sorted(letter.payload for letter in letters) == sorted(
+        event.SerializeToString() for event in changed
+    )
+    time.sleep(1)
+    assert count_rows(settings, "interactions", final=True) == 3
+    assert _stored_sequences(settings) == {41: [1, 2], 42: [3]}
+    examples = _examples(settings, expected=1)
+    assert [(e.user_id, list(e.history), e.target_item_id) for e in examples] == [(41, [1], 2)]
+
+
 def test_items_are_upserted_and_new_ones_ask_for_knowledge(stream_worker):
     settings = stream_worker.settings
     stream_worker.start()
