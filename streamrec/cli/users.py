@@ -53,7 +53,8 @@ def history(
     finally:
         store.close()
     titles = _titles(settings, [entry.item_id for entry in entries])
-    table = Table(title=f"user {user_id}: newest {len(entries)} interactions, oldest first")
+    print(f"user {user_id}: newest {len(entries)} interactions, oldest first")
+    table = Table()
     for column in ("time (UTC)", "event", "item", "title"):
         table.add_column(column)
     for entry in entries:
@@ -90,7 +91,8 @@ def recommend(
         if answer.cold_start
         else f"model {answer.model_version}"
     )
-    table = Table(title=f"user {user_id}: top {k} from {source}")
+    print(f"user {user_id}: top {k} from {source}")
+    table = Table()
     for column in ("item", "title", "score"):
         table.add_column(column)
     for item in answer.items:
