@@ -136,7 +136,8 @@ def test_up_detached_keeps_the_loop_live_until_down(tmp_path):
         # popular-items answer into the model's, without the items they just saw.
         with environment_set(env):
             settings = LocalServices(Settings()).connected_settings()
-        user, seen = 900_001, [50, 172, 181]
+        # As in the README's first walk: a user MovieLens lacks, Star Wars and its sequels.
+        user, seen = 5000, [50, 172, 181]
         with RecommenderClient.from_settings(settings, host="127.0.0.1") as client:
             before = client.recommend(user_id=user, k=10)
             assert before.cold_start
