@@ -89,10 +89,12 @@ def _plane_checks(settings, name: str, alive: bool, kafka_up: bool, database_up:
     if name == "trainer":
         # The trainer commits its offsets when it publishes a version: its lag counts the
         # messages of examples no published version has learnt from yet.
-        run = _latest_run(settings, "trainer") if database_up else None
+        asked = alive and database_up
+        run = _running_job(settings, "trainer") if asked else None
         return {
-            # Its job run's status: `running` while it consumes and trains.
-            "health": run.status if alive and run else None,
+            # In a publish cycle (its job run `running`, heartbeat fresh); "starting" while
+            # it loads or waits for a version to warm-start from.
+            "health": ("ok" if run else "starting") if asked else None,
             "lag_messages": lag(settings.workers.trainer_group, kafka.training_examples_topic),
             "detail": f"job {run.run_id}" if run else "",
         }
@@ -106,14 +108,15 @@ def _plane_checks(settings, name: str, alive: bool, kafka_up: bool, database_up:
     return {"health": "ok" if alive else None, "detail": ""}
 
 
-def _latest_run(settings, kind: str):
-    """The newest job run of this kind; None when there is none or ClickHouse cannot say."""
+def _running_job(settings, kind: str):
+    """The newest running job run of this kind (a lost one does not count); None when there
+    is none or ClickHouse cannot say."""
     from clickhouse_driver.errors import Error as ClickHouseError
 
-    from streamrec.jobs import list_runs
+    from streamrec.jobs import RUNNING, list_runs
 
     try:
-        runs = list_runs(settings, kind=kind, limit=1)
+        runs = list_runs(settings, kind=kind, status=RUNNING, limit=1)
     except (ClickHouseError, OSError):
         return None
     return runs[0] if runs else None
