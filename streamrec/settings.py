@@ -88,9 +88,16 @@ class StreamSettings(BaseModel):
     sink_batch_size: int = 5000
     sink_flush_interval_s: float = 0.5
     max_event_bytes: int = 16 * 1024
+    # Bytes of the original a dead letter carries at most; a larger original (the broker
+    # accepts up to ~1 MB, as much as the worker's own producer sends) is cut to this, its
+    # size and SHA-256 kept, so that the letter itself can always be written.
+    dead_letter_payload_bytes: int = 256 * 1024
     # A worker that dies without leaving its group holds its partitions this long:
     # the time a restarted or surviving worker waits before taking them over.
     session_timeout_s: float = 30.0
+    # Static membership (streams/membership.py): a restarted worker rejoins under its
+    # predecessor's id and gets its partitions back at once, not after session_timeout_s.
+    static_membership: bool = True
     # Training examples per Kafka message on the training-examples topic.
     examples_per_message: int = 200
     max_clock_skew_s: int = 24 * 3600

@@ -13,6 +13,7 @@ buffered (`send_soon`) and faust flushes them before it commits offsets.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -81,16 +82,28 @@ known_items = app.Table(KNOWN_ITEMS_TABLE, default=None, partitions=settings.kaf
 sink = ClickHouseSink(settings)
 
 
-def _dead_letter(event: faust.EventT, problem: Problem) -> None:
-    message = event.message
-    letter = events_pb2.DeadLetter(
-        payload=message.value or b"",
+def dead_letter(message, problem: Problem, now: int) -> events_pb2.DeadLetter:
+    """The letter for a refused message: its reason, source position and original bytes,
+    cut to `dead_letter_payload_bytes` so that no original, however large, makes a letter
+    the producer cannot send (which would stop the partition)."""
+    payload = message.value or b""
+    keep = settings.streams.dead_letter_payload_bytes
+    return events_pb2.DeadLetter(
+        payload=payload[:keep],
         reason=str(problem),
         source_topic=message.topic,
         source_partition=message.partition,
         source_offset=message.offset,
-        timestamp_ms=now_ms(),
+        timestamp_ms=now,
+        original_size=len(payload),
+        original_sha256=hashlib.sha256(payload).hexdigest(),
+        truncated=len(payload) > keep,
     )
+
+
+def _dead_letter(event: faust.EventT, problem: Problem) -> None:
+    message = event.message
+    letter = dead_letter(message, problem, now_ms())
     DEAD_LETTERS.labels(message.topic, problem.code).inc()
     dlq_topic.send_soon(key=message.key, value=letter.SerializeToString())
 
@@ -146,8 +159,11 @@ async def _valid_events(batch, message_type, check) -> list[tuple[faust.EventT, 
     now = now_ms()
     valid = []
     for event in batch:
-        decoded, problem = _decode(event, message_type)
-        problem = problem or check(decoded, now, settings.streams)
+        try:
+            decoded, problem = _decode(event, message_type)
+            problem = problem or check(decoded, now, settings.streams)
+        except Exception as error:  # whatever the bytes, the partition moves on
+            decoded, problem = None, Problem("unhandled", f"{type(error).__name__}: {error}")
         if problem:
             _dead_letter(event, problem)
         else:

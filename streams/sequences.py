@@ -1,5 +1,9 @@
 """Per-user sequences: the last N interactions of a user, updated exactly once per event.
 
+A sequence is kept in event time, like `HistoryStore` reads it (timestamp, then
+source offset): a late event is placed by its timestamp, and its training
+example's history is the items before it in time.
+
 A sequence is a plain dict so faust can keep it in a changelog-backed table:
 ``{"items": [...], "ts": [...], "ids": [...], "offset": int}``. An event is
 applied at most once, for two reasons it could arrive again:
@@ -13,6 +17,8 @@ applied at most once, for two reasons it could arrive again:
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from streamrec.v1 import events_pb2
 
 
@@ -25,9 +31,9 @@ def apply_events(
     events: list[tuple[int, events_pb2.InteractionEvent]],
     max_length: int,
 ) -> tuple[dict, list[events_pb2.TrainingExample]]:
-    """Append (source offset, event) pairs in offset order; returns the new sequence and
-    one training example (history before the event -> the event's item) per applied
-    event that had a history."""
+    """Place (source offset, event) pairs, given in offset order, by their timestamps;
+    returns the new sequence and one training example (history before the event in
+    time -> the event's item) per applied event that had a history."""
     sequence = dict(sequence or empty_sequence())
     items, stamps, ids = list(sequence["items"]), list(sequence["ts"]), list(sequence["ids"])
     last_offset = sequence["offset"]
@@ -36,18 +42,20 @@ def apply_events(
         if offset <= last_offset or event.event_id in ids:
             continue
         last_offset = offset
-        if items:
+        # After every earlier-or-equal timestamp: ties keep arrival (offset) order.
+        at = bisect_right(stamps, event.timestamp_ms)
+        if at:
             examples.append(
                 events_pb2.TrainingExample(
                     event_id=event.event_id,
                     user_id=event.user_id,
-                    history=items,
-                    history_timestamps_ms=stamps,
+                    history=items[:at],
+                    history_timestamps_ms=stamps[:at],
                     target_item_id=event.item_id,
                     timestamp_ms=event.timestamp_ms,
                 )
             )
-        items = (items + [event.item_id])[-max_length:]
-        stamps = (stamps + [event.timestamp_ms])[-max_length:]
-        ids = (ids + [event.event_id])[-max_length:]
+        items = (items[:at] + [event.item_id] + items[at:])[-max_length:]
+        stamps = (stamps[:at] + [event.timestamp_ms] + stamps[at:])[-max_length:]
+        ids = (ids[:at] + [event.event_id] + ids[at:])[-max_length:]
     return {"items": items, "ts": stamps, "ids": ids, "offset": last_offset}, examples

@@ -6,6 +6,7 @@ sentence for the app team that sent the event) or None for a valid event.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from streamrec.settings import StreamSettings
@@ -38,6 +39,8 @@ def interaction_problem(
         return Problem("bad_item_id", f"item_id must be positive, got {event.item_id}")
     if event.event_type not in KNOWN_EVENT_TYPES:
         return Problem("unknown_event_type", f"unknown event_type {event.event_type}")
+    if event.HasField("value") and not math.isfinite(event.value):
+        return Problem("bad_value", f"value must be a finite number, got {event.value}")
     return _timestamp_problem(event.timestamp_ms, now_ms, settings) or _context_problem(
         event.context
     )

@@ -32,8 +32,17 @@ def stream_worker(
 
     loglevel = loglevel or ("info" if verbose_requested() else "warning")
 
-    ensure_topics(get_settings())
+    settings = get_settings()
+    ensure_topics(settings)
     from streams.app import app as faust_app
+
+    if settings.streams.static_membership:
+        from streams.membership import claim_instance_id
+
+        faust_app.conf.consumer_group_instance_id = claim_instance_id(
+            settings.streams.app_id,
+            settings.data_dir / "faust" / "members" / settings.streams.app_id,
+        )
 
     # Below the chosen level nothing is printed, yet the Kafka clients build a
     # log record per message unless records that low are switched off.

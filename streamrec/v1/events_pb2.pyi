@@ -111,20 +111,26 @@ class KnowledgeRequest(_message.Message):
     def __init__(self, item_id: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("payload", "reason", "source_topic", "source_partition", "source_offset", "timestamp_ms")
+    __slots__ = ("payload", "reason", "source_topic", "source_partition", "source_offset", "timestamp_ms", "original_size", "original_sha256", "truncated")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     reason: str
     source_topic: str
     source_partition: int
     source_offset: int
     timestamp_ms: int
-    def __init__(self, payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    original_size: int
+    original_sha256: str
+    truncated: bool
+    def __init__(self, payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., original_size: _Optional[int] = ..., original_sha256: _Optional[str] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
     __slots__ = ("model", "version", "path", "timestamp_ms")

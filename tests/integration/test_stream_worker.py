@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import time
 import urllib.request
 
@@ -175,6 +177,66 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_keep_flowing(stream_worker
     assert b'"ok"' in health
 
 
+def test_a_message_at_the_broker_limit_is_dead_lettered_and_the_partition_moves_on(
+    stream_worker,
+):
+    """The broker takes ~1 MB; the letter for it must still fit the worker's producer."""
+    settings = stream_worker.settings
+    stream_worker.start()
+    raw = KafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", max_request_size=2**21
+    )
+    huge = bytes(range(256)) * (1_040_000 // 256)
+    raw.send(settings.kafka.interactions_topic, key=b"8", value=huge, partition=0).get(30)
+    after = events_pb2.InteractionEvent(
+        event_id="after-huge", user_id=8, item_id=9, event_type=1, timestamp_ms=now_ms()
+    )
+    raw.send(
+        settings.kafka.interactions_topic,
+        key=b"8",
+        value=after.SerializeToString(),
+        partition=0,
+    ).get(30)
+    raw.close()
+
+    wait_for(lambda: count_rows(settings, "interactions") >= 1, 60, "the next event", stream_worker)
+    (letter,) = _read_topic(settings, settings.kafka.dlq_topic, events_pb2.DeadLetter, 1)
+    assert letter.reason.startswith("oversized")
+    assert letter.truncated and letter.original_size == len(huge)
+    assert letter.original_sha256 == hashlib.sha256(huge).hexdigest()
+    assert letter.payload == huge[: settings.streams.dead_letter_payload_bytes]
+    assert stream_worker.running()
+    assert _stored_sequences(settings) == {8: [9]}
+
+
+def test_late_and_early_events_take_their_place_in_time_as_history_reads_them(stream_worker):
+    settings = stream_worker.settings
+    stream_worker.start()
+    start = now_ms() - 3_600_000
+    shuffled = random.Random(7)
+    with InteractionProducer.from_settings(settings) as producer:
+        for user in range(21, 36):
+            stamps = [start + 1000 * n for n in range(30)]
+            shuffled.shuffle(stamps)
+            for n, stamp in enumerate(stamps):
+                producer.send(
+                    user_id=user, item_id=500 + n, event_id=f"{user}-{n}", timestamp_ms=stamp
+                )
+        # A last event per user, newest of all: its example's history is the sequence.
+        for user in range(21, 36):
+            producer.send(user_id=user, item_id=999, event_id=f"{user}-last", timestamp_ms=now_ms())
+    wait_for(lambda: count_rows(settings, "interactions") >= 465, 90, "465 rows", stream_worker)
+
+    last = {e.user_id: e for e in _examples(settings, expected=450) if e.target_item_id == 999}
+    history = HistoryStore(settings)
+    window = settings.streams.sequence_length
+    for user in range(21, 36):
+        stored = [h.item_id for h in history.recent(user, window + 1)][:-1]
+        assert list(last[user].history) == stored
+        assert list(last[user].history_timestamps_ms) == sorted(last[user].history_timestamps_ms)
+    history.close()
+
+
 def test_the_same_event_sent_twice_is_stored_once(stream_worker):
     settings = stream_worker.settings
     stream_worker.start()
@@ -249,6 +311,28 @@ def test_a_killed_worker_resumes_without_losing_or_doubling(stream_worker):
 
     (example,) = wait_for(late_example, 60, "the late example", stream_worker)
     assert list(example.history) == expected[user][-window:]
+
+
+def test_a_killed_worker_is_replaced_without_waiting_out_its_session(stream_worker):
+    """Static membership: the restarted worker rejoins under its predecessor's id, so it
+    writes again long before the dead one's session (60 s here) would have expired."""
+    settings = stream_worker.settings
+    stream_worker.environment["STREAMREC_STREAMS__SESSION_TIMEOUT_S"] = "60"
+    stream_worker.start()
+    _send_clicks(settings, 200, users=5)
+    wait_for(lambda: count_rows(settings, "interactions") >= 200, 90, "first rows", stream_worker)
+    stream_worker.kill()
+    _send_clicks(settings, 200, users=5, start=200)
+    restarted = time.monotonic()
+    stream_worker.start()
+    wait_for(
+        lambda: count_rows(settings, "interactions", final=True) >= 400,
+        30,
+        "the restarted worker's rows, well within the 60 s session",
+        stream_worker,
+    )
+    assert time.monotonic() - restarted < 30
+    assert count_rows(settings, "interactions", final=True) == 400
 
 
 def test_rows_written_while_clickhouse_is_down_arrive_when_it_returns(stream_worker, services):

@@ -42,3 +42,27 @@ def test_the_same_event_sent_twice_is_applied_once():
     duplicate.CopyFrom(first)
     again, examples = apply_events(sequence, [(1, duplicate)], max_length=50)
     assert again["items"] == [5] and examples == []
+
+
+def test_a_late_event_is_placed_by_its_timestamp():
+    def at(n, item, ts):
+        return (
+            n,
+            events_pb2.InteractionEvent(
+                event_id=f"e{n}", user_id=7, item_id=item, event_type=1, timestamp_ms=ts
+            ),
+        )
+
+    # Arrival order 10, 12, 11 (late), 13; 14 ties with 12 and goes after it.
+    events = [at(0, 10, 100), at(1, 12, 300), at(2, 11, 200), at(3, 13, 400), at(4, 14, 300)]
+    sequence, examples = apply_events(None, events, max_length=50)
+    assert sequence["items"] == [10, 11, 12, 14, 13]
+    assert sequence["ts"] == sorted(sequence["ts"])
+    histories = [(list(e.history), e.target_item_id) for e in examples]
+    assert histories == [
+        ([10], 12),
+        ([10], 11),  # the late event learns only from what came before it in time
+        ([10, 11, 12], 13),
+        ([10, 11, 12], 14),
+    ]
+    assert list(examples[1].history_timestamps_ms) == [100]

@@ -21,6 +21,7 @@ def _event(**fields):
 
 def test_a_good_event_passes():
     assert interaction_problem(_event(), NOW, SETTINGS) is None
+    assert interaction_problem(_event(value=4.5), NOW, SETTINGS) is None
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,9 @@ def test_a_good_event_passes():
         ({"timestamp_ms": NOW - 400 * 86_400_000}, "in the past"),
         ({"context": {f"k{i}": "v" for i in range(40)}}, "context has 40 entries"),
         ({"context": {"k": "v" * 1000}}, "longer than"),
+        ({"value": float("nan")}, "value must be a finite number"),
+        ({"value": float("inf")}, "value must be a finite number"),
+        ({"value": float("-inf")}, "value must be a finite number"),
     ],
 )
 def test_bad_events_are_refused_with_their_reason(fields, reason):
