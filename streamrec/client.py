@@ -91,6 +91,18 @@ class RecommenderClient:
         )
         return Recommendations(list(reply.items), reply.model_version, reply.cold_start)
 
+    def health(self, timeout_s: float | None = None) -> str:
+        """The server's overall status from the standard health service: `SERVING` once its
+        services are up. Raises `grpc.RpcError` when it does not answer."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = health_pb2_grpc.HealthStub(self._channel).Check(
+            health_pb2.HealthCheckRequest(),
+            timeout=timeout_s or self.timeout_s,
+            metadata=self._metadata,
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def close(self) -> None:
         self._channel.close()
 

@@ -13,7 +13,18 @@ from typing import Annotated
 import typer
 
 from streamrec import logs
-from streamrec.cli import jobs, knowledge, serve, services, stream, train, up, worker
+from streamrec.cli import (
+    jobs,
+    knowledge,
+    serve,
+    services,
+    stream,
+    system,
+    train,
+    up,
+    users,
+    worker,
+)
 
 app = typer.Typer(help="streamrec: a streaming, online-learning recommender.", no_args_is_help=True)
 
@@ -23,5 +34,5 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logs.configure(verbose)
 
 
-for area in (up, services, stream, serve, worker, jobs, train, knowledge):
+for area in (up, system, users, services, stream, serve, worker, jobs, train, knowledge):
     area.register(app)

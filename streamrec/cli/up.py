@@ -1,5 +1,5 @@
 """`streamrec up`, the composition of the whole system on one machine: the services, then
-each plane as a child process of this CLI, waiting on each and showing what it did."""
+each plane as a background process (`streamrec.services.planes`), showing what each did."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, print_runs
+from streamrec.cli.common import console, fail, print_runs
 from streamrec.settings import get_settings
 
 
@@ -25,7 +25,9 @@ def up(
     assets: Annotated[bool, typer.Option(help="Fetch the LLM and encoder when missing.")] = True,
     detach: Annotated[
         bool,
-        typer.Option(help="Return once everything is stored, leaving the services running."),
+        typer.Option(
+            help="Return once everything runs, leaving the system running (`streamrec down`)."
+        ),
     ] = False,
     knowledge: Annotated[
         bool, typer.Option(help="Run the knowledge job once for the catalog.")
@@ -34,22 +36,36 @@ def up(
 ) -> None:
     """The main job: services, schema, data and assets; the stream worker; the dataset
     streamed as live events until every one is stored in ClickHouse; a first model served;
-    the online trainer, and one knowledge run for the catalog, with a summary of both.
+    the online trainer and the scheduler, and one knowledge run for the catalog, with a
+    summary of both.
 
-    Then runs until Ctrl-C, which stops everything it started.
+    Each plane runs in the background with a PID file and a log under the data dir. Then
+    runs until Ctrl-C, which stops everything it started; with --detach it returns and
+    leaves everything running (`streamrec status`, `streamrec down`).
     """
     from streamrec.datasets import fetch_dataset
     from streamrec.db import migrate
     from streamrec.services import LocalServices
+    from streamrec.services.planes import SCHEDULER, SERVER, STREAM_WORKER, TRAINER, PlaneProcesses
+    from streamrec.services.process import tail
     from streams.replay import replay_dataset
     from streams.topics import ensure_topics
 
     settings = get_settings()
+    planes = PlaneProcesses(settings)
+    if running := planes.running():
+        listed = ", ".join(f"{name} (pid {pid})" for name, pid in running.items())
+        console.print(
+            f"streamrec is already up from {settings.data_dir}: {listed}. "
+            "`streamrec status` shows it; `streamrec down` stops it."
+        )
+        return
     services = LocalServices(settings)
     already_running = any(info["running"] for info in services.status().values())
-    children: list[subprocess.Popen] = []
-    # SIGTERM unwinds like Ctrl-C, through the `finally` below.
+    left_running = False
+    # SIGTERM (and SIGHUP, its terminal closed) unwind like Ctrl-C, through the `finally`.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         started = time.perf_counter()
         services.start()
@@ -61,54 +77,51 @@ def up(
 
             console.print(f"assets: {fetch_assets(settings)}")
         ensure_topics(settings)
-        children.append(spawn("stream", "worker"))
+        started_planes = [STREAM_WORKER]
+        planes.start(STREAM_WORKER)
         summary = replay_dataset(settings, dataset, rate=rate, limit=limit)
         console.print(summary.describe())
-        stored = _wait_for_rows(settings, dataset, summary.interactions, children[0])
+        stored = _wait_for_rows(settings, dataset, summary.interactions, planes, STREAM_WORKER)
         console.print(f"ClickHouse holds {stored:,} interactions of {dataset}")
         _ensure_served_model(settings, dataset)
-        children.append(spawn("serve"))
-        _show_recommendations(settings, dataset, children[-1])
+        started_planes.append(SERVER)
+        planes.start(SERVER)
+        _show_recommendations(settings, dataset, planes, SERVER)
         jobs_since = int(time.time())
-        trainer_child = spawn("worker", "trainer") if trainer else None
-        children.extend([trainer_child] if trainer_child else [])
+        for plane in [TRAINER, SCHEDULER] if trainer else [SCHEDULER]:
+            started_planes.append(plane)
+            planes.start(plane)
         if knowledge:
-            _run_knowledge_once(children)
-        _show_jobs(settings, trainer_child, jobs_since)
+            _run_knowledge_once()
+        _show_jobs(settings, planes if trainer else None, jobs_since)
+        _show_planes(planes, started_planes)
         if detach:
-            console.print("services left running; `streamrec services stop` stops them")
+            left_running = True
+            console.print(
+                "left running: `streamrec status` shows the system, `streamrec down` stops it"
+            )
             return
         console.print("running; Ctrl-C stops everything")
-        while all(child.poll() is None for child in children):
+        while not (stopped := [p for p in started_planes if not planes.alive(p)]):
             time.sleep(1)
-        raise RuntimeError("a plane exited; stopping everything")
+        log = planes.log_file(stopped[0])
+        fail(f"the {stopped[0].name} exited; stopping everything. End of {log}:\n{tail(log)}")
     except KeyboardInterrupt:
         console.print("interrupted")
     finally:
-        _stop(children)
-        if not already_running and not detach:
-            console.print("stopping the services started by `up`")
-            services.stop()
+        if not left_running:
+            planes.stop_all()
+            if not already_running:
+                console.print("stopping the services started by `up`")
+                services.stop()
 
 
-def _stop(children: list[subprocess.Popen]) -> None:
-    for child in children:
-        child.terminate()
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def _show_planes(planes, started) -> None:
+    for plane in started:
+        console.print(f"{plane.name}: pid {planes.pid(plane)}, log {planes.log_file(plane)}")
 
 
-def spawn(*args: str) -> subprocess.Popen:
-    """Run a CLI command as a child process (same interpreter, same settings)."""
-    from streamrec.services.children import streamrec_command
-
-    return subprocess.Popen(streamrec_command(*args))
-
-
-def _wait_for_rows(settings, dataset: str, expected: int, worker: subprocess.Popen) -> int:
+def _wait_for_rows(settings, dataset: str, expected: int, planes, worker) -> int:
     """Block until the stream worker has stored `expected` rows of this dataset's replay."""
     from rich.progress import Progress
 
@@ -118,8 +131,8 @@ def _wait_for_rows(settings, dataset: str, expected: int, worker: subprocess.Pop
         task = progress.add_task("rows stored in ClickHouse", total=expected)
         while (stored := stored_interactions(settings, dataset)) < expected:
             progress.update(task, completed=stored)
-            if worker.poll() is not None:
-                raise RuntimeError(f"the stream worker exited with code {worker.returncode}")
+            if not planes.alive(worker):
+                raise RuntimeError(f"the stream worker exited; see {planes.log_file(worker)}")
             time.sleep(0.5)
     return stored
 
@@ -161,7 +174,7 @@ def _ensure_served_model(settings, dataset: str) -> None:
     )
 
 
-def _show_recommendations(settings, dataset: str, server: subprocess.Popen, users: int = 3) -> None:
+def _show_recommendations(settings, dataset: str, planes, server, users: int = 3) -> None:
     """Ask the server for a few users' recommendations, and print them."""
     import grpc
     from rich.table import Table
@@ -184,7 +197,7 @@ def _show_recommendations(settings, dataset: str, server: subprocess.Popen, user
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 )
-                if not retry or server.poll() is not None or time.monotonic() > deadline:
+                if not retry or not planes.alive(server) or time.monotonic() > deadline:
                     raise RuntimeError(
                         f"the gRPC server did not answer: {error.details()}"
                     ) from None
@@ -206,25 +219,35 @@ def _show_recommendations(settings, dataset: str, server: subprocess.Popen, user
     )
 
 
-def _run_knowledge_once(children: list[subprocess.Popen]) -> None:
+def _run_knowledge_once() -> None:
     """One knowledge run for the catalog (`worker knowledge --once`), waited for; a child
-    of `up` meanwhile, so that Ctrl-C stops it too."""
+    of `up` meanwhile, so that Ctrl-C (which reaches its process group) stops it too."""
+    from streamrec.services.children import streamrec_command
+
     console.print("knowledge: one run for the catalog (LLM generate + encode; cached texts reused)")
-    run = spawn("worker", "knowledge", "--once")
-    children.append(run)
-    code = run.wait()
-    children.remove(run)
+    run = subprocess.Popen(streamrec_command("worker", "knowledge", "--once"))
+    try:
+        code = run.wait()
+    except KeyboardInterrupt:  # a SIGTERM to `up` alone: pass it on
+        run.terminate()
+        run.wait(timeout=30)
+        raise
     if code != 0:
         console.print(f"[red]the knowledge run exited with code {code}[/red] (see jobs below)")
 
 
-def _show_jobs(settings, trainer: subprocess.Popen | None, since: float) -> None:
-    """The jobs' summary: the knowledge run and the online trainer's state."""
+def _show_jobs(settings, planes, since: float) -> None:
+    """The jobs' summary: the knowledge run and the online trainer's state (`planes` None:
+    no trainer was started)."""
     from streamrec.jobs import list_runs
+    from streamrec.services.planes import TRAINER
+
+    def trainer_alive() -> bool:
+        return planes is not None and planes.alive(TRAINER)
 
     deadline = time.monotonic() + settings.ops.up_trainer_wait_s
     trainer_runs = []
-    while trainer is not None and trainer.poll() is None and time.monotonic() < deadline:
+    while trainer_alive() and time.monotonic() < deadline:
         trainer_runs = [
             r for r in list_runs(settings, kind="trainer", limit=1) if r.started_at >= since
         ]
@@ -234,10 +257,10 @@ def _show_jobs(settings, trainer: subprocess.Popen | None, since: float) -> None
     runs = [*list_runs(settings, kind="knowledge", limit=1), *trainer_runs]
     if runs:
         print_runs(runs)
-    if trainer is None:
+    if planes is None:
         return
-    if trainer.poll() is not None:
-        console.print(f"[red]the online trainer exited with code {trainer.returncode}[/red]")
+    if not trainer_alive():
+        console.print(f"[red]the online trainer exited[/red] (see {planes.log_file(TRAINER)})")
     elif trainer_runs:
         console.print(
             "online trainer: consuming training-examples (`streamrec jobs list --kind trainer`)"

@@ -127,6 +127,9 @@ def worker_scheduler(
     now = datetime.now(UTC)
     for job in jobs:
         console.print(f"{job.name}: next run {job.trigger.get_next_fire_time(None, now)}")
+    # SIGTERM (`streamrec down`, Kubernetes) unwinds like Ctrl-C. `down` signals the whole
+    # process group, so a job launched meanwhile stops too and records its run as stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):

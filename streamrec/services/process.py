@@ -74,12 +74,14 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def spawn(command: list[str], log_file: Path) -> int:
-    """Start `command` in its own session (it outlives this process), output to `log_file`."""
+def spawn(command: list[str], log_file: Path, environment: dict[str, str] | None = None) -> int:
+    """Start `command` in its own session (it outlives this process), output to `log_file`;
+    `environment` adds to this process's variables."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             command,
+            env={**os.environ, **environment} if environment else None,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -112,13 +114,17 @@ def tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def stop_pid(pid: int | None, command_contains: str, timeout_s: float) -> None:
-    """SIGTERM, wait, then SIGKILL: nothing is left behind, and no other process is hit."""
+def stop_pid(pid: int | None, command_contains: str, timeout_s: float, group: bool = False) -> None:
+    """SIGTERM, wait, then SIGKILL: nothing is left behind, and no other process is hit.
+
+    With `group`, the signals go to the process group the PID leads (one `spawn` made), so
+    that the children it runs (a scheduled job) are asked to stop as well."""
     if not pid_alive(pid, command_contains):
         return
+    send = os.killpg if group else os.kill
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:
-            os.kill(pid, sig)
+            send(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait_s

@@ -11,7 +11,8 @@ from streamrec.services.children import run_streamrec
 from streamrec.settings import Settings
 
 COMMANDS = {
-    "up", "replay", "serve", "train", "eval", "align",
+    "up", "status", "down", "send", "history", "recommend", "replay", "serve", "train",
+    "eval", "align",
     "services start", "services stop", "services status", "db migrate", "data fetch",
     "assets fetch", "stream worker", "worker trainer", "worker knowledge",
     "worker scheduler", "jobs list", "jobs show", "jobs page", "genrec train",
