@@ -48,7 +48,7 @@ def up(
     from streamrec.services import LocalServices
     from streamrec.services.planes import SCHEDULER, SERVER, STREAM_WORKER, TRAINER, PlaneProcesses
     from streamrec.services.process import tail
-    from streams.replay import replay_dataset
+    from streams.replay import replay_dataset, stored_interactions
     from streams.topics import ensure_topics
 
     settings = get_settings()
@@ -79,9 +79,14 @@ def up(
         ensure_topics(settings)
         started_planes = [STREAM_WORKER]
         planes.start(STREAM_WORKER)
-        summary = replay_dataset(settings, dataset, rate=rate, limit=limit)
-        console.print(summary.describe())
-        stored = _wait_for_rows(settings, dataset, summary.interactions, planes, STREAM_WORKER)
+        expected = _replayed_count(settings, dataset, limit)
+        if stored_interactions(settings, dataset) >= expected:
+            # Replaying again would only fill the DLQ: the stored events keep their ids,
+            # and the new copies, stamped now, are refused as duplicate_event_id.
+            console.print(f"{dataset} was streamed before: not replayed")
+        else:
+            console.print(replay_dataset(settings, dataset, rate=rate, limit=limit).describe())
+        stored = _wait_for_rows(settings, dataset, expected, planes, STREAM_WORKER)
         console.print(f"ClickHouse holds {stored:,} interactions of {dataset}")
         _ensure_served_model(settings, dataset)
         started_planes.append(SERVER)
@@ -119,6 +124,14 @@ def up(
 def _show_planes(planes, started) -> None:
     for plane in started:
         console.print(f"{plane.name}: pid {planes.pid(plane)}, log {planes.log_file(plane)}")
+
+
+def _replayed_count(settings, dataset: str, limit: int | None) -> int:
+    """How many interactions a replay of `dataset` (up to `limit`) sends."""
+    from streamrec.datasets import load_dataset
+
+    count = len(load_dataset(dataset, settings).interaction_records())
+    return count if limit is None else min(count, limit)
 
 
 def _wait_for_rows(settings, dataset: str, expected: int, planes, worker) -> int:
