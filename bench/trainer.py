@@ -20,6 +20,7 @@ from __future__ import annotations
 import cProfile
 import json
 import logging
+import pstats
 import resource
 import time
 from dataclasses import dataclass
@@ -89,8 +90,7 @@ def absorbed_examples(trainer) -> float:
     """Examples the trainer has taken off the topic so far: its Prometheus counter, and
     those waiting in its next micro-batch."""
     counts = (
-        REGISTRY.get_sample_value("streamrec_trainer_examples_total", {"use": use})
-        for use in USES
+        REGISTRY.get_sample_value("streamrec_trainer_examples_total", {"use": use}) for use in USES
     )
     return sum(count or 0.0 for count in counts) + len(trainer.pending)
 
@@ -119,7 +119,9 @@ def measure_trainer(settings: Settings, examples: int, timeout_s: float = 1800.0
     deadline = time.monotonic() + timeout_s
 
     def stop() -> bool:
-        samples.append(Sample(time.perf_counter(), absorbed_examples(trainer) - start, cpu_seconds()))
+        samples.append(
+            Sample(time.perf_counter(), absorbed_examples(trainer) - start, cpu_seconds())
+        )
         return samples[-1].examples >= examples or time.monotonic() > deadline
 
     started = time.perf_counter()
@@ -131,21 +133,56 @@ def measure_trainer(settings: Settings, examples: int, timeout_s: float = 1800.0
     first, last = moving[0], moving[-1]
     seconds = last.seconds - first.seconds
     counted = last.examples - first.examples
-    published = sum(1 for d in decisions if d is not None and d.published)
-    rejected = sum(1 for d in decisions if d is not None and not d.published and d.reason)
+    cpu = last.cpu_seconds - first.cpu_seconds
+    checked = [d for d in decisions if d is not None]
+    trained = sum(d.metrics.get("examples_trained", 0) for d in checked)
+    sequences = sum(d.metrics.get("sequences", 0) for d in checked)
     return {
         "examples_absorbed": int(last.examples),
         "examples_per_s": round(counted / seconds, 1) if seconds > 0 else None,
+        # The rate on a core of its own: the trainer's CPU time, not the shared machine's.
+        "examples_per_cpu_second": round(counted / cpu, 1) if cpu > 0 else None,
         "steady_seconds": round(seconds, 2),
         "seconds_to_first_example": round(first.seconds - started, 2),
-        "cpu_share_of_one_core": round((last.cpu_seconds - first.cpu_seconds) / seconds, 2)
-        if seconds > 0
-        else None,
-        "checks": sum(1 for d in decisions if d is not None),
-        "versions_published": published,
-        "versions_rejected": rejected,
+        "cpu_share_of_one_core": round(cpu / seconds, 2) if seconds > 0 else None,
+        "checks": len(checked),
+        "versions_published": sum(1 for d in checked if d.published),
+        "versions_rejected": sum(1 for d in checked if not d.published and d.reason),
+        "examples_per_trained_sequence": round(trained / sequences, 2) if sequences else None,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+# Where the trainer's time goes: (label, file suffix, function) in a cProfile.
+PROFILED = (
+    ("train steps (the next three and packing)", "workers/trainer.py", "step"),
+    ("forward and loss", "models/sequential/base.py", "loss"),
+    ("backward", "", "run_backward"),
+    ("optimizer", "torch/optim/adam.py", "adam"),
+    ("held-out checks and publishes", "workers/trainer.py", "evaluate_and_publish"),
+    ("decoding and absorbing", "workers/trainer.py", "absorb_batch"),
+    ("kafka polls", "kafka/consumer/group.py", "poll"),
+)
+
+
+def time_shares(profile: cProfile.Profile) -> dict:
+    """Seconds and share of the trainer's run in each part of PROFILED."""
+    stats = pstats.Stats(profile).stats
+    total = next(
+        ct
+        for (path, _, name), (_, _, _, ct, _) in stats.items()
+        if name == "run" and path.endswith("workers/trainer.py")
+    )
+    shares = {}
+    for label, suffix, function in PROFILED:
+        seconds = sum(
+            ct
+            for (path, _, name), (_, _, _, ct, _) in stats.items()
+            if name in (function, f"<method '{function}' of 'torch._C._EngineBase' objects>")
+            and path.endswith(suffix)
+        )
+        shares[label] = {"seconds": round(seconds, 2), "share": round(seconds / total, 3)}
+    return {"trainer_run_seconds": round(total, 2), "parts": shares}
 
 
 def main() -> None:
@@ -181,6 +218,7 @@ def main() -> None:
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile)
+            measured["profile"] = time_shares(profiler)
         print(json.dumps(measured), flush=True)
     workers = settings.workers
     report = {
