@@ -90,8 +90,9 @@ NEW_ITEMS = Counter("streamrec_trainer_new_items_total", "Items added to the mod
 # Offsets saved in a version's metadata under this key: {topic: {partition: next offset}}.
 OFFSETS_KEY = "kafka_offsets"
 CUTOFF = 10
-# Seconds over which the examples/s figure is measured.
-RATE_WINDOW_S = 5.0
+# Seconds between updates of the examples/s and lag figures (each asks the broker for
+# the partitions' end offsets).
+FIGURES_EVERY_S = 2.0
 
 
 @dataclass
@@ -377,18 +378,16 @@ class OnlineTrainer:
         EXAMPLES.labels("trained").inc(len(fresh))
 
     def update_figures(self) -> None:
-        """Examples/s over the last RATE_WINDOW_S, and the lag behind the topic's end."""
+        """Examples/s since the last update, and the lag behind the topic's end (the end
+        offsets asked from the broker: what the last fetch saw may be older)."""
         now = time.monotonic()
-        absorbed = self.examples_decoded
         since, counted = self.rate_mark
-        if now - since >= RATE_WINDOW_S:
-            EXAMPLES_PER_S.set((absorbed - counted) / (now - since))
-            self.rate_mark = (now, absorbed)
-        behind = 0
-        for partition in self.consumer.assignment():
-            end = self.consumer.highwater(partition)  # known once a fetch has answered
-            if end is not None:
-                behind += max(end - self.consumer.position(partition), 0)
+        if now > since:
+            EXAMPLES_PER_S.set((self.examples_decoded - counted) / (now - since))
+        self.rate_mark = (now, self.examples_decoded)
+        assigned = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(assigned) if assigned else {}
+        behind = sum(max(end - self.consumer.position(tp), 0) for tp, end in ends.items())
         per_record = self.examples_decoded / self.records_decoded if self.records_decoded else 0
         LAG_EXAMPLES.set(behind * per_record)
         waiting = behind and self.newest_record_ms
@@ -497,7 +496,8 @@ class OnlineTrainer:
                 if not records and self.pending:
                     self.step(stats)  # caught up: train what there is now
                 report()
-                self.update_figures()
+                if time.monotonic() - self.rate_mark[0] >= FIGURES_EVERY_S:
+                    self.update_figures()
                 if self._publish_due(stats):
                     break
             if stop() or (stats.trained == 0 and not self.pending):
