@@ -200,8 +200,9 @@ def main() -> None:
     )
     args = options.parse_args()
     log_progress()
-    for name in ("kafka", "streamrec.jobs"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # kafka-python's routine warnings (its network thread timed against 0.1 s) stay quiet.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("streamrec.jobs").setLevel(logging.WARNING)
     torch.set_num_threads(1)
 
     from workers.recommender_training import train_first_model
