@@ -108,6 +108,8 @@ class WorkerSettings(BaseModel):
     device: str = "auto"
     # Online trainer (`streamrec worker trainer`): fine-tunes the latest `recommender.family`
     # version.
+    # New examples per micro-batch (each user's packed into one sequence): a step trains on
+    # this many as soon as they are there, on fewer only when the topic is drained.
     trainer_batch_size: int = 64
     # Small: each step nudges a model already trained offline.
     trainer_learning_rate: float = 1e-4
@@ -119,16 +121,19 @@ class WorkerSettings(BaseModel):
     trainer_holdout_size: int = 5_000
     # No check (hence no publish) on fewer held-out examples than this.
     trainer_min_holdout: int = 50
-    # A candidate is published after N steps or T seconds, whichever comes first...
-    trainer_publish_every_steps: int = 500
+    # A candidate is checked (and published) after N examples trained or T seconds,
+    # whichever comes first: the check scores every held-out example twice, so it runs on
+    # this schedule, not per step...
+    trainer_publish_every_examples: int = 32_000
     trainer_publish_every_s: float = 600.0
     # ...only when its held-out NDCG@10 is not below the published model's minus this.
     trainer_regression_tolerance: float = 0.005
     trainer_max_history: int = 50
     trainer_poll_timeout_ms: int = 1000
-    # Messages per poll (each holds up to `streams.examples_per_message` examples): a poll is
-    # trained through before the publish check, so this bounds how late a publish can be.
-    trainer_max_poll_messages: int = 5
+    # Messages per poll (each holds up to `streams.examples_per_message` examples), decoded
+    # together: a poll is trained through before the publish check, so this bounds how
+    # late a publish can be.
+    trainer_max_poll_messages: int = 20
     # Seconds between looks at the registry while no version exists to warm-start from.
     trainer_wait_for_model_s: float = 5.0
 

@@ -4,15 +4,19 @@ It consumes `training-examples` (TrainingExampleBatch messages from the stream
 worker) as the consumer group `workers.trainer_group`, and:
 
 - warm-starts from the latest registry version of `recommender.family`;
+- takes up to `trainer_max_poll_messages` records per poll and decodes them in one
+  pass (`workers.trainer_examples`);
 - holds out a fixed share of examples (chosen by event id, so a restart picks
   the same ones) for the pre-publish check, and trains on the rest in
-  micro-batches mixed with examples replayed from a buffer of older ones, at a
+  micro-batches of `trainer_batch_size` new examples, each user's examples packed
+  into one sequence, mixed with examples replayed from a buffer of older ones, at a
   small learning rate, so the model follows the stream without forgetting;
 - grows the item tables when an example names an item the model has never
   seen (its input initialised from its ClickHouse `item_knowledge` vector
   through the fusion layer, when there is one);
-- every N steps or T seconds evaluates the candidate and the last published
-  model on the held-out examples under the evaluation protocol
+- every N examples trained or T seconds (a schedule, not every step) evaluates
+  the candidate and the last published model on the held-out examples under the
+  evaluation protocol
   (`models.metrics`), and publishes the candidate only when its scores are
   sane (no NaN, not constant) and its NDCG@10 does not regress beyond the
   tolerance; otherwise the candidate is
@@ -33,16 +37,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import tempfile
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from google.protobuf.message import DecodeError
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
@@ -54,12 +57,31 @@ from streamrec.db import connect
 from streamrec.jobs import JobRecorder
 from streamrec.services import kafka_bootstrap
 from streamrec.settings import Settings
-from streamrec.v1 import events_pb2
+from workers.trainer_examples import (
+    Example,
+    ItemIndex,
+    chain_tensors,
+    decode_values,
+    is_held_out,
+    pack,
+    replay_chains,
+    to_tensors,
+)
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = Counter("streamrec_trainer_examples_total", "Examples consumed", ["use"])
-EXAMPLES_PER_S = Gauge("streamrec_trainer_examples_per_second", "Examples trained per second")
+EXAMPLES_PER_S = Gauge(
+    "streamrec_trainer_examples_per_second", "Examples absorbed per second, over the last seconds"
+)
+LAG_EXAMPLES = Gauge(
+    "streamrec_trainer_lag_examples",
+    "Examples on the topic not absorbed yet (records behind times examples per record)",
+)
+LAG_SECONDS = Gauge(
+    "streamrec_trainer_lag_seconds",
+    "Now minus the produce time of the newest absorbed record while records wait; else 0",
+)
 LOSS = Gauge("streamrec_trainer_loss", "Loss of the last micro-batch")
 HELDOUT_NDCG = Gauge("streamrec_trainer_heldout_ndcg", "Held-out NDCG@10 of the last candidate")
 VERSIONS = Counter("streamrec_trainer_versions_total", "Candidate versions", ["outcome"])
@@ -68,14 +90,8 @@ NEW_ITEMS = Counter("streamrec_trainer_new_items_total", "Items added to the mod
 # Offsets saved in a version's metadata under this key: {topic: {partition: next offset}}.
 OFFSETS_KEY = "kafka_offsets"
 CUTOFF = 10
-
-
-@dataclass
-class Example:
-    """One training example in the model's item indices (0 is padding)."""
-
-    history: list[int]
-    target: int
+# Seconds over which the examples/s figure is measured.
+RATE_WINDOW_S = 5.0
 
 
 @dataclass
@@ -84,6 +100,8 @@ class CycleStats:
     skipped: int = 0
     held_out: int = 0
     steps: int = 0
+    # Sequences trained (new examples packed per user, and replayed ones).
+    sequences: int = 0
     losses: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
@@ -99,11 +117,6 @@ class Decision:
     reason: str | None = None
 
 
-def is_held_out(event_id: str, fraction: float) -> bool:
-    """Stable over restarts and replicas: the same event is always on the same side."""
-    return zlib.crc32(event_id.encode()) % 10_000 < fraction * 10_000
-
-
 def heldout_ndcg(
     model: torch.nn.Module, examples: list[Example], max_len: int
 ) -> tuple[float, str | None]:
@@ -117,18 +130,6 @@ def heldout_ndcg(
     ranks, problem = screened_ranks(model, task, batch_size=256)
     model.train()
     return ndcg(ranks, CUTOFF), problem
-
-
-def to_tensors(examples: list[Example], max_len: int, device: str):
-    """Left-aligned, zero-padded histories (RecBole's layout), their lengths, the targets."""
-    seqs = torch.zeros(len(examples), max_len, dtype=torch.long)
-    lens = torch.zeros(len(examples), dtype=torch.long)
-    for row, example in enumerate(examples):
-        history = example.history[-max_len:]
-        seqs[row, : len(history)] = torch.tensor(history, dtype=torch.long)
-        lens[row] = len(history)
-    targets = torch.tensor([e.target for e in examples], dtype=torch.long)
-    return seqs.to(device), lens.to(device), targets.to(device)
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -168,13 +169,20 @@ class OnlineTrainer:
         # Next offset per partition of everything absorbed (trained or held out).
         self.absorbed: dict[int, int] = {}
         self.saved_offsets: dict[int, int] = {}
-        self.rng = np.random.default_rng()
+        self.rng = random.Random()
         self.model = None
         self.baseline = None
         self.version = None
         self.index_of: dict[int, int] = {}
         self.item_ids: np.ndarray | None = None
+        self.items: ItemIndex | None = None
         self.extra: dict = {}
+        # For the lag and rate figures: examples per decoded record, the newest absorbed
+        # record's produce time, and the examples/s window's start.
+        self.records_decoded = 0
+        self.examples_decoded = 0
+        self.newest_record_ms = 0
+        self.rate_mark = (time.monotonic(), 0)
 
     # --- model -------------------------------------------------------------
 
@@ -196,6 +204,7 @@ class OnlineTrainer:
         self.baseline = copy.deepcopy(self.model)
         self.item_ids = np.asarray(loaded.item_ids, dtype=np.int64)
         self.index_of = {int(item): index for index, item in enumerate(self.item_ids) if index}
+        self.items = ItemIndex(self.item_ids)
         self.extra = dict(loaded.extra or {})
         offsets = (version.metadata.get(OFFSETS_KEY) or {}).get(self.topic, {})
         self.saved_offsets = {int(partition): int(offset) for partition, offset in offsets.items()}
@@ -206,8 +215,10 @@ class OnlineTrainer:
         )
 
     def _new_optimizer(self) -> None:
+        # foreach: one kernel per step for all the parameters, not one per tensor (a step
+        # of the small micro-batches is cheap enough for that to show).
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=self.config.trainer_learning_rate
+            self.model.parameters(), lr=self.config.trainer_learning_rate, foreach=True
         )
 
     def _knowledge_vectors(self, items: list[int], dim: int) -> torch.Tensor:
@@ -239,6 +250,7 @@ class OnlineTrainer:
         self.item_ids = np.concatenate([self.item_ids, np.asarray(external_ids, dtype=np.int64)])
         for offset, item in enumerate(external_ids):
             self.index_of[item] = start + offset
+        self.items = ItemIndex(self.item_ids)
         NEW_ITEMS.inc(len(external_ids))
         self._new_optimizer()
         log.info("added %d new items (now %d)", len(external_ids), len(self.item_ids))
@@ -262,7 +274,9 @@ class OnlineTrainer:
         new_index = [0, *(self.index_of[int(item)] for item in old_ids[1:])]
 
         def remap(example: Example) -> Example:
-            return Example([new_index[i] for i in example.history], new_index[example.target])
+            return Example(
+                [new_index[i] for i in example.history], new_index[example.target], example.user
+            )
 
         for buffer in (self.replay, self.holdout):
             kept = [remap(example) for example in buffer]
@@ -281,6 +295,9 @@ class OnlineTrainer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.config.trainer_max_poll_messages,
+            # kafka-python checks each batch's CRC-32C in pure Python: a sixth of the
+            # trainer's time when profiled. The broker checked it when the batch came in.
+            check_crcs=False,
         )
         # The topic's metadata before joining: a group leader without it assigns nothing,
         # warns, and rebalances once the metadata arrives.
@@ -288,13 +305,22 @@ class OnlineTrainer:
         self.consumer.subscribe([self.topic], listener=_SeekToCheckpoint(self))
 
     def absorb(self, message, stats: CycleStats) -> None:
-        """One record of `training-examples`: map its examples to indices, hold some out,
-        queue the rest; its offset counts as absorbed. An undecodable record is skipped
-        with a warning, so the partition moves on."""
-        self.absorbed[message.partition] = message.offset + 1
-        try:
-            batch = events_pb2.TrainingExampleBatch.FromString(message.value)
-        except DecodeError:
+        """One record of `training-examples` (see `absorb_batch`)."""
+        self.absorb_batch([message], stats)
+
+    def absorb_batch(self, messages: list, stats: CycleStats) -> None:
+        """A poll's records of `training-examples`, decoded together: their examples mapped
+        to indices (the item tables grown for items never seen), some held out, the rest
+        queued; their offsets count as absorbed. An undecodable record is skipped with a
+        warning, so the partition moves on."""
+        if not messages:
+            return
+        for message in messages:
+            self.absorbed[message.partition] = message.offset + 1
+        self.newest_record_ms = max(self.newest_record_ms, *(m.timestamp for m in messages))
+        wire, undecodable = decode_values([message.value for message in messages])
+        for position in undecodable:
+            message = messages[position]
             log.warning(
                 "skipped an undecodable record at %s[%d]@%d",
                 message.topic,
@@ -302,43 +328,42 @@ class OnlineTrainer:
                 message.offset,
             )
             EXAMPLES.labels("undecodable").inc()
-            return
-        unseen = sorted(
-            {
-                item
-                for example in batch.examples
-                for item in (*example.history, example.target_item_id)
-                if item not in self.index_of
-            }
-        )
+        self.records_decoded += len(messages) - len(undecodable)
+        self.examples_decoded += len(wire)
+        unseen = self.items.unseen(wire.items + wire.targets)
         if unseen:
             self.grow_items(unseen)
-        for example in batch.examples:
-            if not example.history:
-                stats.skipped += 1
-                EXAMPLES.labels("skipped").inc()
+        items = self.items.lookup(wire.items).tolist()
+        targets = self.items.lookup(wire.targets).tolist()
+        starts = wire.starts().tolist()
+        fraction = self.config.trainer_holdout_fraction
+        held_out = skipped = 0
+        for n, event_id in enumerate(wire.event_ids):
+            if starts[n] == starts[n + 1]:
+                skipped += 1
                 continue
-            mapped = Example(
-                [self.index_of[i] for i in example.history], self.index_of[example.target_item_id]
-            )
-            if is_held_out(example.event_id, self.config.trainer_holdout_fraction):
-                self.holdout.append(mapped)
-                stats.held_out += 1
-                EXAMPLES.labels("held_out").inc()
+            example = Example(items[starts[n] : starts[n + 1]], targets[n], wire.users[n])
+            if is_held_out(event_id, fraction):
+                self.holdout.append(example)
+                held_out += 1
             else:
-                self.pending.append(mapped)
+                self.pending.append(example)
+        stats.skipped += skipped
+        stats.held_out += held_out
+        EXAMPLES.labels("skipped").inc(skipped)
+        EXAMPLES.labels("held_out").inc(held_out)
 
-    def step(self, stats: CycleStats) -> None:
-        """One optimiser step on the pending examples plus replayed older ones."""
-        fresh, self.pending = self.pending, []
-        replayed = []
+    def step(self, stats: CycleStats, fresh: list[Example] | None = None) -> None:
+        """One optimiser step on `fresh` (default: everything pending), each user's examples
+        packed into one sequence, plus about `trainer_replay_ratio` replayed older targets
+        per new one."""
+        if fresh is None:
+            fresh, self.pending = self.pending, []
+        max_len = self.config.trainer_max_history
+        chains = pack(fresh, max_len)
         want = int(len(fresh) * self.config.trainer_replay_ratio)
-        if want and self.replay:
-            picks = self.rng.integers(0, len(self.replay), size=min(want, len(self.replay)))
-            replayed = [self.replay[i] for i in picks]
-        seqs, lens, targets = to_tensors(
-            fresh + replayed, self.config.trainer_max_history, self.device
-        )
+        chains += replay_chains(self.replay, want, max_len, self.rng)
+        seqs, lens, targets = chain_tensors(chains, max_len, self.device)
         self.optimizer.zero_grad()
         loss = self.model.loss(seqs, lens, targets)
         loss.backward()
@@ -346,9 +371,28 @@ class OnlineTrainer:
         self.replay.extend(fresh)
         stats.trained += len(fresh)
         stats.steps += 1
+        stats.sequences += len(chains)
         stats.losses.append(loss.item())
         LOSS.set(stats.losses[-1])
         EXAMPLES.labels("trained").inc(len(fresh))
+
+    def update_figures(self) -> None:
+        """Examples/s over the last RATE_WINDOW_S, and the lag behind the topic's end."""
+        now = time.monotonic()
+        absorbed = self.examples_decoded
+        since, counted = self.rate_mark
+        if now - since >= RATE_WINDOW_S:
+            EXAMPLES_PER_S.set((absorbed - counted) / (now - since))
+            self.rate_mark = (now, absorbed)
+        behind = 0
+        for partition in self.consumer.assignment():
+            end = self.consumer.highwater(partition)  # known once a fetch has answered
+            if end is not None:
+                behind += max(end - self.consumer.position(partition), 0)
+        per_record = self.examples_decoded / self.records_decoded if self.records_decoded else 0
+        LAG_EXAMPLES.set(behind * per_record)
+        waiting = behind and self.newest_record_ms
+        LAG_SECONDS.set(max(time.time() - self.newest_record_ms / 1000, 0) if waiting else 0)
 
     # --- publishing --------------------------------------------------------
 
@@ -373,6 +417,7 @@ class OnlineTrainer:
             "loss": float(np.mean(stats.losses)) if stats.losses else None,
             "examples_trained": stats.trained,
             "steps": stats.steps,
+            "sequences": stats.sequences,
             "examples_per_s": stats.trained / elapsed if elapsed > 0 else 0.0,
         }
         HELDOUT_NDCG.set(candidate)
@@ -438,18 +483,21 @@ class OnlineTrainer:
                 """Counts so far into the run (its row shows them at each heartbeat)."""
                 run.progress(ok=stats.trained - run.ok, skipped=stats.skipped - run.skipped)
 
+            size = self.config.trainer_batch_size
             while not stop():
                 report()
-                records = self.consumer.poll(timeout_ms=self.config.trainer_poll_timeout_ms)
-                for messages in records.values():
-                    for message in messages:
-                        self.absorb(message, stats)
-                        while len(self.pending) >= self.config.trainer_batch_size:
-                            chunk = self.pending[self.config.trainer_batch_size :]
-                            self.pending = self.pending[: self.config.trainer_batch_size]
-                            self.step(stats)
-                            self.pending = chunk
-                            report()
+                records = self.consumer.poll(
+                    timeout_ms=self.config.trainer_poll_timeout_ms,
+                    max_records=self.config.trainer_max_poll_messages,
+                )
+                self.absorb_batch([m for messages in records.values() for m in messages], stats)
+                while len(self.pending) >= size:
+                    fresh, self.pending = self.pending[:size], self.pending[size:]
+                    self.step(stats, fresh)
+                if not records and self.pending:
+                    self.step(stats)  # caught up: train what there is now
+                report()
+                self.update_figures()
                 if self._publish_due(stats):
                     break
             if stop() or (stats.trained == 0 and not self.pending):
@@ -469,8 +517,8 @@ class OnlineTrainer:
             return decision
 
     def _publish_due(self, stats: CycleStats) -> bool:
-        return stats.steps >= self.config.trainer_publish_every_steps or (
-            stats.steps > 0
+        return stats.trained >= self.config.trainer_publish_every_examples or (
+            stats.trained > 0
             and time.monotonic() - stats.started >= self.config.trainer_publish_every_s
         )
 

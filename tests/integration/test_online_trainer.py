@@ -91,7 +91,7 @@ def trainer_settings(services, tmp_path, offline_folder):
     workers.trainer_learning_rate = 1e-3
     workers.trainer_holdout_fraction = 0.3
     workers.trainer_min_holdout = 10
-    workers.trainer_publish_every_steps = 4
+    workers.trainer_publish_every_examples = 64
     workers.trainer_publish_every_s = 60
     workers.trainer_regression_tolerance = 0.02
     workers.trainer_max_history = HISTORY
@@ -163,16 +163,95 @@ def test_an_update_that_regresses_is_not_published(trainer_settings):
     settings, first = trainer_settings
     settings.workers.trainer_learning_rate = 3.0  # wrecks the embeddings
     produce(settings, 8, CATALOG, seed=2)
+    rejected = {"outcome": "rejected"}
+    rejected_before = REGISTRY.get_sample_value("streamrec_trainer_versions_total", rejected)
     trainer = OnlineTrainer(settings)
     try:
         [decision] = trainer.run(max_cycles=1)
     finally:
         trainer.close()
     assert not decision.published
+    rejected_after = REGISTRY.get_sample_value("streamrec_trainer_versions_total", rejected)
+    assert rejected_after == (rejected_before or 0) + 1
     assert decision.metrics["heldout_ndcg@10"] < decision.metrics["parent_heldout_ndcg@10"] - 0.02
     assert ModelRegistry.from_settings(settings).latest("seralm").version == first.version
     [run] = list_runs(settings, kind="trainer")
     assert run.status == FAILED and "candidate rejected" in run.error
+
+
+def test_checks_run_on_the_example_schedule_not_per_step(trainer_settings):
+    from workers.trainer import OnlineTrainer
+
+    settings, _ = trainer_settings
+    workers = settings.workers
+    workers.trainer_publish_every_examples = 96  # six micro-batches of 16
+    workers.trainer_max_poll_messages = 1  # a poll: 20 examples, about 14 trained
+    produce(settings, 16, CATALOG, seed=7)
+    trainer = OnlineTrainer(settings)
+    deadline = time.monotonic() + 120  # fail, not hang
+    try:
+        decisions = trainer.run(max_cycles=2, stop=lambda: time.monotonic() > deadline)
+    finally:
+        trainer.close()
+    assert len(decisions) == 2 and all(decisions), decisions
+    for decision in decisions:
+        trained = decision.metrics["examples_trained"]
+        # Checked once the count was reached, within a poll of it; several steps before.
+        assert 96 <= trained < 96 + EXAMPLES_PER_MESSAGE
+        assert decision.metrics["steps"] >= 96 // workers.trainer_batch_size
+        # Each user's walk packed: fewer sequences than examples (replay adds its own).
+        assert decision.metrics["sequences"] < 2 * trained
+    assert len(list_runs(settings, kind="trainer")) == 2
+
+
+def test_a_check_is_due_after_the_seconds_even_below_the_example_count(trainer_settings):
+    from workers.trainer import OnlineTrainer
+
+    settings, _ = trainer_settings
+    settings.workers.trainer_publish_every_examples = 10**9
+    settings.workers.trainer_publish_every_s = 1.0
+    produce(settings, 4, CATALOG, seed=8)
+    trainer = OnlineTrainer(settings)
+    deadline = time.monotonic() + 120
+    try:
+        [decision] = trainer.run(max_cycles=1, stop=lambda: time.monotonic() > deadline)
+    finally:
+        trainer.close()
+    assert decision is not None
+    assert 0 < decision.metrics["examples_trained"] <= 4 * EXAMPLES_PER_MESSAGE
+
+
+def test_the_lag_behind_the_topic_is_on_the_metrics(trainer_settings):
+    from workers.trainer import CycleStats, OnlineTrainer
+
+    settings, _ = trainer_settings
+    produce(settings, 6, CATALOG, seed=9)
+    trainer = OnlineTrainer(settings)
+    trainer.load_latest(wait=False)
+    trainer.connect()
+    stats, absorbed = CycleStats(), 0
+    deadline = time.monotonic() + 60
+    try:
+        while absorbed < 2 and time.monotonic() < deadline:
+            records = trainer.consumer.poll(timeout_ms=1000, max_records=1)
+            messages = [m for batch in records.values() for m in batch]
+            trainer.absorb_batch(messages, stats)
+            absorbed += len(messages)
+        assert absorbed == 2
+        trainer.update_figures()
+        lag = REGISTRY.get_sample_value("streamrec_trainer_lag_examples")
+        assert lag == (6 - 2) * EXAMPLES_PER_MESSAGE
+        assert REGISTRY.get_sample_value("streamrec_trainer_lag_seconds") > 0
+        while absorbed < 6 and time.monotonic() < deadline:
+            records = trainer.consumer.poll(timeout_ms=1000)
+            messages = [m for batch in records.values() for m in batch]
+            trainer.absorb_batch(messages, stats)
+            absorbed += len(messages)
+        trainer.update_figures()
+        assert REGISTRY.get_sample_value("streamrec_trainer_lag_examples") == 0
+        assert REGISTRY.get_sample_value("streamrec_trainer_lag_seconds") == 0
+    finally:
+        trainer.close()
 
 
 def test_a_restarted_trainer_resumes_from_the_offsets_of_its_last_version(trainer_settings):
@@ -190,7 +269,7 @@ def test_a_restarted_trainer_resumes_from_the_offsets_of_its_last_version(traine
     assert 0 < published_at <= 6
     # Consumed after the publish, never published: a restart must train on these again.
     produce(settings, 4, CATALOG, seed=4)
-    first_run.config.trainer_publish_every_steps = 10_000
+    first_run.config.trainer_publish_every_examples = 10**9
     deadline = time.monotonic() + 120  # fail, not hang, if the broker never delivers them
     first_run.run(
         max_cycles=1,
@@ -268,7 +347,7 @@ def test_worker_trainer_command_runs_a_cycle_and_says_what_it_published(trainer_
             f"STREAMREC_WORKERS__{name.upper()}": str(getattr(workers, name))
             for name in (
                 "trainer_group", "device", "trainer_batch_size", "trainer_holdout_fraction",
-                "trainer_min_holdout", "trainer_publish_every_steps", "trainer_max_history",
+                "trainer_min_holdout", "trainer_publish_every_examples", "trainer_max_history",
             )
         },
     }  # fmt: skip
