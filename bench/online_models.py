@@ -178,6 +178,7 @@ class DailyRetrain:
     done: list[Retrain] = field(default_factory=list)
     boundaries: int = 0
     merged: int = 0
+    cpu_s: float = 0.0  # every retrain's compute, an unfinished last one included
     _wanted: tuple[int, int] | None = None
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -212,6 +213,7 @@ class DailyRetrain:
             if wanted is None or self._stop.is_set():
                 continue
             day, sent = wanted
+            cpu = time.thread_time()
             try:
                 trained = train_and_publish(
                     self.settings,
@@ -224,6 +226,8 @@ class DailyRetrain:
                 )
             except InterruptedError:
                 return
+            finally:
+                self.cpu_s += time.thread_time() - cpu  # an interrupted retrain's too
             self.done.append(
                 Retrain(
                     day,

@@ -127,3 +127,92 @@ def latency_summary(seconds: Sequence[float], missing: int = 0) -> dict:
         "count": len(values),
         "missing": missing,
     }
+
+
+def check_targets(report: dict) -> list[dict]:
+    """Issue 16's targets, each with the figure that decides it and by how much it is met
+    or missed (`margin`: positive when met)."""
+    v, gain = report["variants"], report["online_vs_static"]
+    ndcg_key, cold_key = f"ndcg@{CUTOFF}", f"cold_ndcg@{CUTOFF}"
+    fresh = report["freshness"]
+    retrain_seconds = v["daily_retrain"]["train_seconds"] or 0.0
+    static_model_cold_hits = (
+        v["static"]["cold_hits"] - v["static"]["cold_hits_from_popular_answers"]
+    )
+
+    def row(name: str, figure, threshold, met: bool, margin) -> dict:
+        return {
+            "target": name,
+            "figure": figure,
+            "threshold": threshold,
+            "met": bool(met),
+            "margin": margin,
+        }
+
+    relative_to_retrain = v["online"][ndcg_key] / v["daily_retrain"][ndcg_key] - 1
+    compute_share = v["online"]["train_seconds"] / retrain_seconds if retrain_seconds else None
+    return [
+        row(
+            "online NDCG@10 >= 5 % above static",
+            gain[f"{ndcg_key}_gain"],
+            0.05,
+            gain[f"{ndcg_key}_gain"] >= 0.05,
+            gain[f"{ndcg_key}_gain"] - 0.05,
+        ),
+        row(
+            "its 95 % interval above zero",
+            gain["ci95"],
+            0.0,
+            gain["ci95"][0] > 0,
+            gain["ci95"][0],
+        ),
+        row(
+            "online NDCG@10 no more than 1 % below daily_retrain",
+            relative_to_retrain,
+            -0.01,
+            relative_to_retrain >= -0.01,
+            relative_to_retrain + 0.01,
+        ),
+        row(
+            "online training compute under a quarter of daily_retrain's",
+            compute_share,
+            0.25,
+            compute_share is not None and compute_share < 0.25,
+            None if compute_share is None else 0.25 - compute_share,
+        ),
+        row(
+            "static: no cold-item hits from its model",
+            static_model_cold_hits,
+            0,
+            static_model_cold_hits == 0,
+            -static_model_cold_hits,
+        ),
+        row(
+            "online_knowledge above online on cold items",
+            [v["online_knowledge"][cold_key], v["online"][cold_key]],
+            None,
+            v["online_knowledge"][cold_key] > v["online"][cold_key],
+            v["online_knowledge"][cold_key] - v["online"][cold_key],
+        ),
+        row(
+            "event -> history p99 <= 1 s",
+            fresh["history_p99_s"],
+            1.0,
+            fresh["history_p99_s"] <= 1.0,
+            1.0 - fresh["history_p99_s"],
+        ),
+        row(
+            "event -> model p99 <= 60 s",
+            fresh["model_p99_s"],
+            60.0,
+            fresh["model_p99_s"] <= 60.0,
+            60.0 - fresh["model_p99_s"],
+        ),
+        row(
+            "trainer >= 2,000 examples/s on one core",
+            report["trainer_examples_per_s"],
+            2000.0,
+            report["trainer_examples_per_s"] >= 2000.0,
+            report["trainer_examples_per_s"] - 2000.0,
+        ),
+    ]
