@@ -8,6 +8,7 @@ import logging
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,13 @@ def local_services(prefix: str) -> Iterator[tuple[Path, LocalServices]]:
     launcher = LocalServices(Settings(data_dir=workdir / "data"))
     try:
         launcher.start()
+        # On a machine shared with other runs, a server that lost the race for a port it
+        # had checked free exits within seconds (another run's server answered the ping):
+        # started again, it gets ports of its own.
+        time.sleep(3)
+        if not all(entry["running"] for entry in launcher.status().values()):
+            launcher.stop()
+            launcher.start()
         yield workdir, launcher
     finally:
         launcher.stop()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streamrec.datasets import load_dataset
+from streamrec.datasets import Interaction, load_dataset
 from streamrec.settings import Settings
 from streamrec.v1 import events_pb2
 from streams.producer import InteractionProducer, ItemProducer, now_ms
@@ -72,6 +72,26 @@ def _progress() -> Progress:
     )
 
 
+def replayed_event(
+    name: str, index: int, record: Interaction, timestamp_ms: int
+) -> events_pb2.InteractionEvent:
+    """Interaction `index` (in time order) of dataset `name` as a live event sent at
+    `timestamp_ms`: a rating when it has one, else a view; its own time in the context."""
+    event = events_pb2.InteractionEvent(
+        event_id=f"{name}:{index}",
+        user_id=record.user_id,
+        item_id=record.item_id,
+        event_type=events_pb2.EVENT_TYPE_RATING
+        if record.rating is not None
+        else events_pb2.EVENT_TYPE_VIEW,
+        timestamp_ms=timestamp_ms,
+        context={"source": name, "source_ts": str(record.timestamp)},
+    )
+    if record.rating is not None:
+        event.value = record.rating
+    return event
+
+
 def replay_dataset(
     settings: Settings,
     name: str,
@@ -110,19 +130,7 @@ def replay_dataset(
         for index, record in enumerate(records):
             pacer.wait(index, record.timestamp)
             last_ms = max(last_ms, now_ms())
-            event = events_pb2.InteractionEvent(
-                event_id=f"{name}:{index}",
-                user_id=record.user_id,
-                item_id=record.item_id,
-                event_type=events_pb2.EVENT_TYPE_RATING
-                if record.rating is not None
-                else events_pb2.EVENT_TYPE_VIEW,
-                timestamp_ms=last_ms,
-                context={"source": name, "source_ts": str(record.timestamp)},
-            )
-            if record.rating is not None:
-                event.value = record.rating
-            interactions.send_event(event)
+            interactions.send_event(replayed_event(name, index, record, last_ms))
             if index % 1000 == 999:
                 elapsed = time.perf_counter() - started
                 progress.update(task, advance=1000, rate=f"{(index + 1) / elapsed:,.0f}/s")

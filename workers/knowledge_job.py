@@ -143,22 +143,6 @@ class KnowledgeJob:
         )
         return [_catalog_item(row) for row in rows]
 
-    def _write(self, client, texts: list[KnowledgeText], vectors: np.ndarray) -> None:
-        now = time.time()
-        rows = [
-            (
-                text.item_id,
-                self.llm.version,
-                self.template.version,
-                text.text,
-                vector.tolist(),
-                datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
-                int(now * 1000),
-            )
-            for text, vector in zip(texts, vectors, strict=True)
-        ]
-        client.execute(f"INSERT INTO item_knowledge ({_KNOWLEDGE_COLUMNS}) VALUES", rows)
-
     def run_once(self) -> JobOutcome:
         from tqdm import tqdm
 
@@ -191,7 +175,9 @@ class KnowledgeJob:
                         vectors = self.encoder.encode(
                             documents(self.template, chunk, texts), self.config.encode_batch_size
                         )
-                        self._write(client, texts, vectors)
+                        write_knowledge(
+                            client, self.llm.version, self.template.version, texts, vectors
+                        )
                     except Exception as error:  # one bad batch must not lose the others
                         log.exception("knowledge for items %s failed", [i.item_id for i in chunk])
                         failures.append(f"{type(error).__name__}: {error}")
@@ -203,7 +189,9 @@ class KnowledgeJob:
                         run.progress(ok=len(chunk))
                     bar.update(len(chunk))
                 bar.close()
-                published = self._extend_recommender(client)
+                published = extend_items(
+                    self.settings, client, self.llm.version, self.template.version
+                )
                 consumer.commit()
                 if failures:
                     run.fail(f"{run.failed} items failed; last error: {failures[-1]}")
@@ -223,57 +211,80 @@ class KnowledgeJob:
             client.disconnect()
             consumer.close(autocommit=False)
 
-    def _extend_recommender(self, client) -> str | None:
-        """A new version of the served recommender with every item that now has knowledge
-        but is not in it yet (input initialised from the knowledge through the fusion layer),
-        announced on model-updates; None when there is no recommender or nothing to add."""
-        import dataclasses
-        import tempfile
 
-        from streamrec.registry import ModelRegistry, VersionMetadata, publish
+def write_knowledge(
+    client, llm_version: str, prompt_version: str, texts: list[KnowledgeText], vectors
+) -> None:
+    """`item_knowledge` rows: each item's text and vector under the LLM and prompt versions."""
+    now = time.time()
+    rows = [
+        (
+            text.item_id,
+            llm_version,
+            prompt_version,
+            text.text,
+            vector.tolist(),
+            datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+            int(now * 1000),
+        )
+        for text, vector in zip(texts, vectors, strict=True)
+    ]
+    client.execute(f"INSERT INTO item_knowledge ({_KNOWLEDGE_COLUMNS}) VALUES", rows)
 
-        family = self.settings.recommender.family
-        latest = ModelRegistry.from_settings(self.settings).latest(family)
-        if latest is None:
-            log.info("no %s version in the registry: no model to add items to", family)
-            return None
-        from models.sequential import SequentialRecommender
 
-        loaded = SequentialRecommender.from_pretrained(latest.path)
-        known = set(loaded.item_ids.tolist())
-        rows = client.execute(
-            "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
-            "WHERE llm_version = %(llm)s AND prompt_version = %(prompt)s GROUP BY item_id "
-            "ORDER BY item_id",
-            {"llm": self.llm.version, "prompt": self.template.version},
+def extend_items(settings: Settings, client, llm_version: str, prompt_version: str) -> str | None:
+    """A new version of the served recommender with every item that now has knowledge
+    (of these LLM and prompt versions) but is not in it yet (input initialised from the
+    knowledge through the fusion layer), announced on model-updates; None when there is
+    no recommender or nothing to add. The job calls it after each run; `bench/online.py`
+    too, for the items new since its split."""
+    import dataclasses
+    import tempfile
+
+    from streamrec.registry import ModelRegistry, VersionMetadata, publish
+
+    family = settings.recommender.family
+    latest = ModelRegistry.from_settings(settings).latest(family)
+    if latest is None:
+        log.info("no %s version in the registry: no model to add items to", family)
+        return None
+    from models.sequential import SequentialRecommender
+
+    loaded = SequentialRecommender.from_pretrained(latest.path)
+    known = set(loaded.item_ids.tolist())
+    rows = client.execute(
+        "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
+        "WHERE llm_version = %(llm)s AND prompt_version = %(prompt)s GROUP BY item_id "
+        "ORDER BY item_id",
+        {"llm": llm_version, "prompt": prompt_version},
+    )
+    new = [(item_id, vector) for item_id, vector in rows if item_id not in known]
+    if not new:
+        return None
+    vectors = torch.tensor([vector for _, vector in new], dtype=torch.float32)
+    model_dim = loaded.model.knowledge_dim
+    if model_dim is not None and model_dim != vectors.shape[1]:
+        raise ValueError(
+            f"{latest.family} {latest.version} takes {model_dim}-dim knowledge, the text "
+            f"encoder makes {vectors.shape[1]}-dim vectors"
         )
-        new = [(item_id, vector) for item_id, vector in rows if item_id not in known]
-        if not new:
-            return None
-        vectors = torch.tensor([vector for _, vector in new], dtype=torch.float32)
-        model_dim = loaded.model.knowledge_dim
-        if model_dim is not None and model_dim != vectors.shape[1]:
-            raise ValueError(
-                f"{latest.family} {latest.version} takes {model_dim}-dim knowledge, the text "
-                f"encoder makes {vectors.shape[1]}-dim vectors"
-            )
-        loaded.model.extend_items(len(new), vectors if model_dim is not None else None)
-        item_ids = np.concatenate(
-            [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
-        )
-        inherited = VersionMetadata.from_record(latest.metadata)
-        metadata = dataclasses.replace(
-            inherited,
-            llm_version=self.llm.version,
-            parent=latest.version,
-            extra={
-                **inherited.extra,
-                "prompt_version": self.template.version,
-                "knowledge_items_added": len(new),
-            },
-        )
-        with tempfile.TemporaryDirectory() as folder:
-            loaded.model.save_pretrained(Path(folder), item_ids, extra=loaded.extra)
-            version = publish(self.settings, family, Path(folder), metadata)
-        log.info("published %s %s with %d new items", version.family, version.version, len(new))
-        return version.version
+    loaded.model.extend_items(len(new), vectors if model_dim is not None else None)
+    item_ids = np.concatenate(
+        [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
+    )
+    inherited = VersionMetadata.from_record(latest.metadata)
+    metadata = dataclasses.replace(
+        inherited,
+        llm_version=llm_version,
+        parent=latest.version,
+        extra={
+            **inherited.extra,
+            "prompt_version": prompt_version,
+            "knowledge_items_added": len(new),
+        },
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        loaded.model.save_pretrained(Path(folder), item_ids, extra=loaded.extra)
+        version = publish(settings, family, Path(folder), metadata)
+    log.info("published %s %s with %d new items", version.family, version.version, len(new))
+    return version.version

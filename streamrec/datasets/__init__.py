@@ -18,6 +18,7 @@ included, and items and users get features only where the files have them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "User",
     "dataset_folder",
     "fetch_dataset",
+    "first_interactions",
     "load_dataset",
 ]
 
@@ -191,5 +193,49 @@ def load_dataset(
         item_inner_ids=item_inner_ids,
         reviews={
             (user_inner_ids[u], item_inner_ids[i]): text for (u, i), text in raw.reviews.items()
+        },
+    )
+
+
+def first_interactions(dataset: Dataset, count: int) -> Dataset:
+    """The dataset as it stood after its first `count` interactions in time order: only
+    the users and items seen by then (inner ids renumbered in order of first appearance),
+    and leave-one-out splits over those interactions, in the dataset's time order. What a
+    model trained "on the events so far" trains on (`bench/online.py`)."""
+    if not 0 < count <= dataset.num_interactions:
+        raise ValueError(f"count must be in 1..{dataset.num_interactions}, got {count}")
+    old_users, old_items = dataset.user_ids[:count], dataset.item_ids[:count]
+    users, user_order = _factorize(old_users)
+    items, item_order = _factorize(old_items)
+    max_seq_length = dataset.splits["train"].histories.shape[1]
+    time_order = np.arange(count, dtype=np.float64)
+    user_order, item_order = user_order[1:], item_order[1:]  # without padding
+    user_raw_ids = [PAD, *(dataset.user_raw_ids[old] for old in user_order)]
+    item_raw_ids = [PAD, *(dataset.item_raw_ids[old] for old in item_order)]
+    new_user = {old: new for new, old in enumerate(user_order, start=1)}
+    new_item = {old: new for new, old in enumerate(item_order, start=1)}
+    return dataclasses.replace(
+        dataset,
+        users={
+            new: dataclasses.replace(dataset.users[old], inner_id=new)
+            for old, new in new_user.items()
+        },
+        items={
+            new: dataclasses.replace(dataset.items[old], inner_id=new)
+            for old, new in new_item.items()
+        },
+        user_ids=users,
+        item_ids=items,
+        ratings=dataset.ratings[:count],
+        timestamps=dataset.timestamps[:count],
+        splits=leave_one_out(users, items, time_order, max_seq_length),
+        user_raw_ids=user_raw_ids,
+        item_raw_ids=item_raw_ids,
+        user_inner_ids={raw_id: inner for inner, raw_id in enumerate(user_raw_ids) if inner},
+        item_inner_ids={raw_id: inner for inner, raw_id in enumerate(item_raw_ids) if inner},
+        reviews={
+            (new_user[u], new_item[i]): text
+            for (u, i), text in dataset.reviews.items()
+            if u in new_user and i in new_item
         },
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streamrec.datasets import fetch as fetch_module
-from streamrec.datasets import load_dataset
+from streamrec.datasets import first_interactions, load_dataset
 from streamrec.datasets.fetch import fetch_dataset
 from streamrec.settings import AssetSettings, Settings
 
@@ -119,6 +119,30 @@ def test_histories_are_left_aligned_and_chain_into_valid_and_test(ml100k):
     test_rows = np.argsort(test.users)
     last_of_test = test.histories[test_rows, test.lengths[test_rows] - 1]
     assert np.array_equal(last_of_test, valid.targets[by_user])
+
+
+def test_first_interactions_is_the_dataset_as_it_stood_then(ml100k):
+    count = 30_000
+    prefix = first_interactions(ml100k, count)
+    seen_items = {ml100k.item_raw_ids[i] for i in ml100k.item_ids[:count].tolist()}
+    assert set(prefix.item_raw_ids[1:]) == seen_items < set(ml100k.item_raw_ids[1:])
+    assert prefix.num_interactions == count
+    # Each user's items, in time order, are their first interactions of the dataset's.
+    whole: dict[str, list[str]] = {}
+    pairs = zip(ml100k.user_ids[:count].tolist(), ml100k.item_ids[:count].tolist(), strict=True)
+    for user, item in pairs:
+        whole.setdefault(ml100k.user_raw_ids[user], []).append(ml100k.item_raw_ids[item])
+    # Every interaction after a user's first is an example, the user's last one is test.
+    targets: dict[str, list[str]] = {}
+    for part in ("train", "valid", "test"):
+        for user, target, _ in _raw_rows(prefix, part):
+            targets.setdefault(user, []).append(target)
+    for user, items in whole.items():
+        assert sorted(targets.get(user, [])) == sorted(items[1:])
+    for user, target, history in _raw_rows(prefix, "test"):
+        assert [*history, target] == whole[user][-len(history) - 1 :]
+    item = prefix.items[prefix.item_inner_ids["50"]]
+    assert item.inner_id == prefix.item_inner_ids["50"] and item.title.startswith("Star Wars")
 
 
 def test_item_and_user_features_are_parsed(ml100k):
