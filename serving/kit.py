@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
 from streamrec.registry import ModelRegistry, ModelVersion
@@ -56,37 +57,96 @@ def _method_name(full_method: str) -> str:
 
 
 def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
-    """The same handler with its unary-unary behaviour wrapped (others are left as they are)."""
+    """The same handler with its unary-unary behaviour wrapped (others are left as they are).
+
+    The wrapped behaviour gets the raw request bytes (`wrap(behaviour, decode)` decodes
+    them): gRPC itself then never decodes, so a call refused by the token check is refused
+    before its bytes are read, and undecodable bytes are answered by our code.
+    """
     if handler is None or handler.unary_unary is None:
         return handler
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary),
-        request_deserializer=handler.request_deserializer,
+        wrap(handler.unary_unary, handler.request_deserializer),
+        request_deserializer=None,
         response_serializer=handler.response_serializer,
     )
 
 
+_STRING_FIELDS: dict[str, tuple[str, ...]] = {}
+
+
+def decode_request(raw: bytes, decode, max_string: int):
+    """The request message of `raw`, or InvalidRequest naming what is wrong with it:
+    bytes that are no such message (truncated, invalid UTF-8) or a string field longer
+    than `max_string` characters."""
+    if decode is None:
+        return raw
+    try:
+        request = decode(raw)
+    except DecodeError as error:
+        raise InvalidRequest(f"the request could not be decoded: {error}") from None
+    descriptor = request.DESCRIPTOR
+    names = _STRING_FIELDS.get(descriptor.full_name)
+    if names is None:
+        names = tuple(f.name for f in descriptor.fields if f.type == f.TYPE_STRING)
+        _STRING_FIELDS[descriptor.full_name] = names
+    for name in names:
+        value = getattr(request, name)
+        values = [value] if isinstance(value, str) else value
+        for text in values:
+            if len(text) > max_string:
+                raise InvalidRequest(
+                    f"{name} is {len(text)} characters long; at most {max_string} are accepted"
+                )
+    return request
+
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Latency histogram and request/error counters per method, labelled by status code."""
+    """Decoding, and latency and request/error counters per method, labelled by status code.
+
+    Every call is counted, undecodable ones too (INVALID_ARGUMENT, one debug line). An
+    exception no servicer turned into a status is logged here and answered INTERNAL with
+    a generic message: its text (a ClickHouse error, a path) never reaches a client.
+    """
+
+    def __init__(self, max_string: int):
+        self.max_string = max_string
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = _method_name(handler_call_details.method)
+        max_string = self.max_string
 
-        def wrap(behaviour):
-            async def timed(request, context):
+        def wrap(behaviour, decode):
+            async def timed(raw, context):
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
+                    try:
+                        request = decode_request(raw, decode, max_string)
+                    except InvalidRequest as problem:
+                        INVALID.labels(method).inc()
+                        log.debug("%s: %s", method, problem)
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(problem))
                     reply = await behaviour(request, context)
                     code = context.code() or grpc.StatusCode.OK
                     return reply
                 except asyncio.CancelledError:
                     code = grpc.StatusCode.CANCELLED
                     raise
-                except Exception:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
+                except Exception as error:
+                    code = context.code()
+                    if isinstance(error, grpc.aio.AbortError) or code not in (
+                        None,
+                        grpc.StatusCode.OK,
+                    ):
+                        raise
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("%s failed", method)
+                    await context.abort(code, INTERNAL_MESSAGE)
                 finally:
                     if not isinstance(code, grpc.StatusCode):
                         code = grpc.StatusCode.UNKNOWN
@@ -153,13 +213,14 @@ def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | N
 
 
 def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """Auth first (a refused call does not reach the metrics of a method it may not call)."""
+    """Auth first: a refused call does not reach the metrics of a method it may not call,
+    and its bytes are never decoded."""
     chosen: list[grpc.aio.ServerInterceptor] = []
     if settings.serving.auth_tokens:
         chosen.append(
             TokenAuthInterceptor(settings.serving.auth_tokens, settings.serving.auth_open_services)
         )
-    chosen.append(MetricsInterceptor())
+    chosen.append(MetricsInterceptor(settings.serving.max_string_length))
     return chosen
 
 

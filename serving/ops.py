@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from serving.kit import InvalidRequest, answer, check_deadline
 from streamrec.jobs import (
     FAILED,
     LOST,
@@ -63,26 +64,35 @@ def run_to_proto(run: JobRun) -> ops_pb2.JobRun:
 
 
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
-    """ListJobs and GetJob; ClickHouse reads run in a thread, off the event loop."""
+    """ListJobs and GetJob; ClickHouse reads run in a thread, off the event loop. String
+    fields are bounded by the serving kit (`serving.max_string_length`), and a failed read
+    is answered INTERNAL without its text (the server log has it)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     async def ListJobs(self, request, context):
+        return await answer("ListJobs", self._list, request, context)
+
+    async def GetJob(self, request, context):
+        return await answer("GetJob", self._get, request, context)
+
+    async def _list(self, request, context):
         if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidRequest(
                 f"limit must be between 0 (the default page) and {MAX_LIST_LIMIT}, "
-                f"got {request.limit}",
+                f"got {request.limit}"
             )
+        check_deadline(context)
         runs = await asyncio.to_thread(
             list_runs, self.settings, request.kind or None, None, request.limit or None
         )
         return ops_pb2.ListJobsResponse(runs=[run_to_proto(run) for run in runs])
 
-    async def GetJob(self, request, context):
+    async def _get(self, request, context):
         if not request.run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is empty")
+            raise InvalidRequest("run_id is empty")
+        check_deadline(context)
         run = await asyncio.to_thread(get_run, self.settings, request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job run {request.run_id}")

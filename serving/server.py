@@ -92,6 +92,16 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def start_metrics(settings: Settings):
+    """The server's Prometheus endpoint on `serving.metrics_host` (loopback unless set:
+    it has no authentication); returns the HTTP server (its `server_address`)."""
+    from prometheus_client import start_http_server
+
+    serving = settings.serving
+    http_server, _ = start_http_server(serving.metrics_port, serving.metrics_host)
+    return http_server
+
+
 class Server:
     """A started grpc.aio server with its servicers; `stop()` stops both."""
 

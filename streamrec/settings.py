@@ -143,9 +143,11 @@ class ServingSettings(BaseModel):
     max_request_history: int = 1000
     max_request_ids: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
-    # Prometheus /metrics of `streamrec serve` (all interfaces: scraped from another pod);
-    # port 0 turns it off.
-    metrics_host: str = "0.0.0.0"
+    # Longest string field of a request (characters); longer ones get INVALID_ARGUMENT.
+    max_string_length: int = 1024
+    # Prometheus /metrics of `streamrec serve`: loopback only (it has no authentication);
+    # containers set 0.0.0.0 to be scraped from another pod. Port 0 turns it off.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9109
     # Token authentication: on when any token is set (clients send
     # `authorization: Bearer <token>`); the health service stays open for probes.
