@@ -121,7 +121,7 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
         check_user_or_history(request.user_id, request.history)
         check_deadline(context)
         served = await self.holder.served(context)
-        history = list(request.history) or await self.history.items(request.user_id)
+        history = list(request.history) or await self.history.items(request.user_id, context)
         check_known("history items", request.history, served.index_of, served.version)
         # Stored histories may hold items newer than the model: it cannot read those.
         sequence = [served.index_of[i] for i in history if i in served.index_of]
@@ -135,7 +135,9 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
             user=user,
             sequence=sequence[-served.model.config.max_history :],
             k=k,
-            banned=set() if request.include_seen else set(sequence),
+            banned=set()
+            if request.include_seen
+            else await self.seen(served, request, history, context),
         )
         items, scores = await self.batcher.submit(query)
         return genrec_pb2.GenerateResponse(
@@ -145,6 +147,14 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
             ],
             model_version=served.version,
         )
+
+    async def seen(self, served, request, history: list[int], context) -> set[int]:
+        """Model indices of every item the user has seen: the whole stored history (not
+        only the window the model reads) and the request's history."""
+        seen = set(history)
+        if request.user_id > 0:
+            seen.update(await self.history.seen(request.user_id, context))
+        return {served.index_of[i] for i in seen if i in served.index_of}
 
 
 def build_servicer(settings: Settings) -> GenRecServicer:

@@ -195,7 +195,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         check_deadline(context)
         served = self.holder.current  # this request keeps this version to its end
         if served is None:  # nothing published yet: popular items are all there is
-            return self.cold_start("", request.k, set(request.exclude_item_ids), ())
+            excluded = await self.excluded(request, list(request.history), context)
+            return self.cold_start("", request.k, excluded, ())
         candidates = None
         if request.candidate_item_ids:
             check_known(
@@ -205,10 +206,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
                 [served.index_of[i] for i in dict.fromkeys(request.candidate_item_ids)]
             )
 
-        history = list(request.history) or await self.history.items(request.user_id)
-        excluded_ids = set(request.exclude_item_ids)
-        if not request.include_seen:
-            excluded_ids.update(history)
+        history = list(request.history) or await self.history.items(request.user_id, context)
+        excluded_ids = await self.excluded(request, history, context)
         known = [served.index_of[i] for i in history if i in served.index_of]
         sequence = known[-served.max_length :]
         if not sequence:
@@ -231,6 +230,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             ],
             model_version=served.version,
         )
+
+    async def excluded(self, request, history: list[int], context) -> set[int]:
+        """The ids left out: the request's, and unless include_seen, every item the user
+        has seen (the whole stored history, and the request's history)."""
+        excluded = set(request.exclude_item_ids)
+        if not request.include_seen:
+            excluded.update(history)
+            if request.user_id > 0:
+                excluded.update(await self.history.seen(request.user_id, context))
+        return excluded
 
     def cold_start(self, version, k, excluded_ids, candidate_ids):
         ranked = self.popular.rank(k, excluded_ids, candidate_ids)

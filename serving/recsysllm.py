@@ -81,7 +81,7 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         check_deadline(context)
         served = await self.holder.served(context)
         check_known("history items", request.history, served.titles, served.version)
-        history = list(request.history) or await self.history.items(request.user_id)
+        history = list(request.history) or await self.history.items(request.user_id, context)
         history = [i for i in history if i in served.titles]
         if not history:
             raise InvalidRequest(f"user {request.user_id} has no history; give a history")
@@ -115,7 +115,10 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         ids, positions = writer.inference_input(
             writer.prompt(templates("next_item", True)[0], prompt_context)
         )
-        seen = {tuple(served.item_tokens[i]) for i in history}
+        seen_ids = set() if request.include_seen else set(history)
+        if not request.include_seen and request.user_id > 0:  # the whole stored history too
+            seen_ids.update(await self.history.seen(request.user_id, context))
+        seen = {tuple(served.item_tokens[i]) for i in seen_ids if i in served.titles}
         found = await self._run(
             served.model.beam_search_entities, ids, positions, served.trie, k, 32, seen
         )

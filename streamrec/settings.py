@@ -169,6 +169,14 @@ class ServingSettings(BaseModel):
     history_length: int = 50
     history_cache_ttl_s: float = 2.0
     history_cache_size: int = 100_000
+    # Seen items (the user's whole history, left out of answers unless include_seen): the
+    # per-user set is read once, kept current by the recent-history reads, and re-read
+    # after this many seconds (events stored late, with old timestamps); users cached.
+    seen_cache_ttl_s: float = 600.0
+    seen_cache_size: int = 10_000
+    # A call with less of its deadline left than this answers DEADLINE_EXCEEDED instead of
+    # reading ClickHouse (a read that could not finish in time).
+    history_read_min_ms: float = 2.0
     # Dynamic micro-batching of the model forward (and of ClickHouse history reads).
     max_batch: int = 64
     max_wait_ms: float = 2.0
