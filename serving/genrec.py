@@ -16,9 +16,9 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.history_cache import HistoryCache
+from serving.holder import ModelHolder, SmokeCheckFailed
 from serving.kit import (
     InvalidRequest,
-    ModelHolder,
     answer,
     check_deadline,
     check_k,
@@ -87,14 +87,27 @@ def generate_batch(queries: Sequence[GenerateQuery], beam_size: int) -> list:
     return results
 
 
+def smoke_check(served: ServingGenRec, beam_size: int) -> None:
+    """Serve a version only if it generates a catalog item with a finite score."""
+    if len(served.item_ids) < 2:
+        raise SmokeCheckFailed(f"{served.version} has no items")
+    query = GenerateQuery(served=served, user=0, sequence=[1], k=1)
+    [(items, scores)] = generate_batch([query], beam_size)
+    if len(items) == 0 or not np.isfinite(np.asarray(scores, dtype=np.float64)).all():
+        raise SmokeCheckFailed(f"{served.version} generates no item with a finite score")
+
+
 class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
     def __init__(self, settings: Settings, history: HistoryCache | None = None):
         self.settings = settings
+        beam_size = settings.genrec.beam_size
         self.holder: ModelHolder[ServingGenRec] = ModelHolder(
-            settings, settings.genrec.family, lambda v: load_serving_genrec(v, settings)
+            settings,
+            settings.genrec.family,
+            lambda v: load_serving_genrec(v, settings),
+            smoke=lambda served: smoke_check(served, beam_size),
         )
         self.history = history or HistoryCache(settings)
-        beam_size = settings.genrec.beam_size
         self.batcher = MicroBatcher(
             lambda queries: generate_batch(queries, beam_size),
             settings.serving.max_batch,

@@ -1,4 +1,5 @@
-"""Ops: OpsService over gRPC, and a small status web page of recent job runs.
+"""Ops: OpsService over gRPC, and a small status web page of recent job runs (and of the
+model versions servers refused).
 
 Both read `job_runs` through `streamrec.jobs`, so what ops see here is what
 `streamrec jobs list` prints. The page also serves `/metrics`: the job figures
@@ -31,6 +32,7 @@ from streamrec.jobs import (
     kind_summaries,
     list_runs,
 )
+from streamrec.registry import FailedVersion, ModelRegistry
 from streamrec.settings import Settings
 from streamrec.v1 import ops_pb2, ops_pb2_grpc
 
@@ -144,8 +146,37 @@ def _when(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if seconds else ""
 
 
-def render_page(runs: list[JobRun], refresh_s: int) -> str:
-    """The status page: one table row per run, its status as text and as a colour."""
+def served_families(settings: Settings) -> list[str]:
+    return [settings.recommender.family, settings.genrec.family, settings.recsysllm.family]
+
+
+def refused_versions(settings: Settings) -> list[FailedVersion]:
+    """Versions of the served families that servers refused (`ModelRegistry.failed`)."""
+    registry = ModelRegistry.from_settings(settings)
+    return [entry for family in served_families(settings) for entry in registry.failed(family)]
+
+
+def render_refused(refused: list[FailedVersion]) -> str:
+    rows = "\n".join(
+        f'<tr class="refused" data-version="{html.escape(f"{e.family}/{e.version}")}">'
+        + "".join(
+            f"<td>{html.escape(cell)}</td>" for cell in (e.family, e.version, e.failed_at, e.reason)
+        )
+        + "</tr>"
+        for e in refused
+    )
+    body = rows or '<tr><td colspan="4">none</td></tr>'
+    return (
+        "<h2>Model versions refused by servers</h2>\n"
+        "<p>They did not load or failed the smoke check, so no server serves them.</p>\n"
+        '<table id="refused"><tr><th>family</th><th>version</th><th>refused (UTC)</th>'
+        f"<th>reason</th></tr>\n{body}\n</table>"
+    )
+
+
+def render_page(runs: list[JobRun], refresh_s: int, refused: list[FailedVersion] = ()) -> str:
+    """The status page: one table row per run, its status as text and as a colour; then the
+    model versions servers refused."""
     header = (
         "<tr><th>run</th><th>kind</th><th>status</th><th>started (UTC)</th><th>duration</th>"
         "<th>ok</th><th>failed</th><th>skipped</th><th>items/s</th><th>LLM</th><th>error</th></tr>"
@@ -186,7 +217,9 @@ tr.status-running td:nth-child(3) {{ color: #a66a00; }}
 <p>The {len(runs)} newest runs, newest first. Refreshes every {refresh_s} s.</p>
 <table id="runs">{header}
 {body}
-</table></body></html>
+</table>
+{render_refused(list(refused))}
+</body></html>
 """
 
 
@@ -204,8 +237,9 @@ def status_page_app(settings: Settings) -> web.Application:
 
     async def page(request: web.Request) -> web.Response:
         runs = await recent_runs(request)
+        refused = await asyncio.to_thread(refused_versions, settings)
         return web.Response(
-            text=render_page(runs, settings.ops.page_refresh_s), content_type="text/html"
+            text=render_page(runs, settings.ops.page_refresh_s, refused), content_type="text/html"
         )
 
     async def api_runs(request: web.Request) -> web.Response:
