@@ -87,12 +87,15 @@ def generate_batch(queries: Sequence[GenerateQuery], beam_size: int) -> list:
     return results
 
 
+def smoke_query(served: ServingGenRec) -> GenerateQuery:
+    return GenerateQuery(served=served, user=0, sequence=[1], k=1)
+
+
 def smoke_check(served: ServingGenRec, beam_size: int) -> None:
     """Serve a version only if it generates a catalog item with a finite score."""
     if len(served.item_ids) < 2:
         raise SmokeCheckFailed(f"{served.version} has no items")
-    query = GenerateQuery(served=served, user=0, sequence=[1], k=1)
-    [(items, scores)] = generate_batch([query], beam_size)
+    [(items, scores)] = generate_batch([smoke_query(served)], beam_size)
     if len(items) == 0 or not np.isfinite(np.asarray(scores, dtype=np.float64)).all():
         raise SmokeCheckFailed(f"{served.version} generates no item with a finite score")
 
@@ -117,6 +120,10 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
 
     async def start(self) -> None:
         await self.holder.start_optional()
+        await self.history.warm()
+        if self.holder.current is not None:
+            # The batcher's thread runs its first generation now, not in a client's call.
+            await self.batcher.submit(smoke_query(self.holder.current))
 
     async def stop(self) -> None:
         await self.holder.stop()

@@ -14,6 +14,7 @@ thread, as clickhouse-driver requires.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from serving.batching import MicroBatcher
 from serving.kit import DeadlinePassed
 from streamrec.history import HistoryEntry, HistoryStore
 from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +69,6 @@ class HistoryCache:
         if self._seen_store is None:
             self._seen_store = HistoryStore(self._settings)
         found = self._seen_store.batch_seen(user_ids)
-        self.seen_reads += len(user_ids)
         return [found.get(user, ([], 0)) for user in user_ids]
 
     async def items(self, user_id: int, context=None) -> list[int]:
@@ -96,6 +98,7 @@ class HistoryCache:
             self._seen.move_to_end(user_id)
             return entry.items
         self._check_budget(context)
+        self.seen_reads += 1
         items, newest_ms = await self._seen_reader.submit(user_id)
         return self._remember_seen(user_id, frozenset(items), newest_ms)
 
@@ -125,6 +128,15 @@ class HistoryCache:
         while len(self._seen) > self.seen_capacity:
             self._seen.popitem(last=False)
         return items
+
+    async def warm(self) -> None:
+        """Connect both readers now (in their threads), so that a client's first call does
+        not pay for the connections; ClickHouse down is a warning (reads connect later)."""
+        try:
+            await self._reader.submit(0)
+            await self._seen_reader.submit(0)
+        except Exception as error:
+            log.warning("history reads not warmed up: %s", error)
 
     async def close(self) -> None:
         await self._reader.close()

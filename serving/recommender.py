@@ -190,6 +190,9 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
                 "no usable %s version in the registry yet; cold start only", self.holder.family
             )
         await self.popular.start()
+        await self.history.warm()
+        if self.holder.current is not None:  # the batch path's first forward, now
+            await self.batcher.submit(Query(self.holder.current, [1], 1))
         self.holder.start()
 
     async def stop(self) -> None:

@@ -87,6 +87,7 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
 
     async def start(self) -> None:
         await self.holder.start_optional()
+        await self.history.warm()
 
     async def stop(self) -> None:
         await self.holder.stop()

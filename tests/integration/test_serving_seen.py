@@ -85,6 +85,9 @@ def test_a_user_with_300_stored_events_gets_none_of_them_back(seen_settings):
             # A new event is left out as soon as the recent history is read again, without
             # reading the whole history again.
             clicked = _ids(reply)[0]
+            # store_history stamps rows a millisecond apart from a minute ago: after 0.4 s,
+            # this click is newer than all 300 stored ones.
+            await asyncio.sleep(0.4)
             store_history(seen_settings, LONG_USER, [clicked], "new")
             await asyncio.sleep(0.3)  # the recent history's TTL
             after = await stub.Recommend(
