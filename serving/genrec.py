@@ -16,9 +16,9 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.history_cache import HistoryCache
+from serving.holder import ModelHolder, SmokeCheckFailed
 from serving.kit import (
     InvalidRequest,
-    ModelHolder,
     answer,
     check_deadline,
     check_k,
@@ -87,14 +87,30 @@ def generate_batch(queries: Sequence[GenerateQuery], beam_size: int) -> list:
     return results
 
 
+def smoke_query(served: ServingGenRec) -> GenerateQuery:
+    return GenerateQuery(served=served, user=0, sequence=[1], k=1)
+
+
+def smoke_check(served: ServingGenRec, beam_size: int) -> None:
+    """Serve a version only if it generates a catalog item with a finite score."""
+    if len(served.item_ids) < 2:
+        raise SmokeCheckFailed(f"{served.version} has no items")
+    [(items, scores)] = generate_batch([smoke_query(served)], beam_size)
+    if len(items) == 0 or not np.isfinite(np.asarray(scores, dtype=np.float64)).all():
+        raise SmokeCheckFailed(f"{served.version} generates no item with a finite score")
+
+
 class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
     def __init__(self, settings: Settings, history: HistoryCache | None = None):
         self.settings = settings
+        beam_size = settings.genrec.beam_size
         self.holder: ModelHolder[ServingGenRec] = ModelHolder(
-            settings, settings.genrec.family, lambda v: load_serving_genrec(v, settings)
+            settings,
+            settings.genrec.family,
+            lambda v: load_serving_genrec(v, settings),
+            smoke=lambda served: smoke_check(served, beam_size),
         )
         self.history = history or HistoryCache(settings)
-        beam_size = settings.genrec.beam_size
         self.batcher = MicroBatcher(
             lambda queries: generate_batch(queries, beam_size),
             settings.serving.max_batch,
@@ -104,6 +120,10 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
 
     async def start(self) -> None:
         await self.holder.start_optional()
+        await self.history.warm()
+        if self.holder.current is not None:
+            # The batcher's thread runs its first generation now, not in a client's call.
+            await self.batcher.submit(smoke_query(self.holder.current))
 
     async def stop(self) -> None:
         await self.holder.stop()
@@ -121,7 +141,7 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
         check_user_or_history(request.user_id, request.history)
         check_deadline(context)
         served = await self.holder.served(context)
-        history = list(request.history) or await self.history.items(request.user_id)
+        history = list(request.history) or await self.history.items(request.user_id, context)
         check_known("history items", request.history, served.index_of, served.version)
         # Stored histories may hold items newer than the model: it cannot read those.
         sequence = [served.index_of[i] for i in history if i in served.index_of]
@@ -135,7 +155,9 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
             user=user,
             sequence=sequence[-served.model.config.max_history :],
             k=k,
-            banned=set() if request.include_seen else set(sequence),
+            banned=set()
+            if request.include_seen
+            else await self.seen(served, request, history, context),
         )
         items, scores = await self.batcher.submit(query)
         return genrec_pb2.GenerateResponse(
@@ -145,6 +167,14 @@ class GenRecServicer(genrec_pb2_grpc.GenRecServiceServicer):
             ],
             model_version=served.version,
         )
+
+    async def seen(self, served, request, history: list[int], context) -> set[int]:
+        """Model indices of every item the user has seen: the whole stored history (not
+        only the window the model reads) and the request's history."""
+        seen = set(history)
+        if request.user_id > 0:
+            seen.update(await self.history.seen(request.user_id, context))
+        return {served.index_of[i] for i in seen if i in served.index_of}
 
 
 def build_servicer(settings: Settings) -> GenRecServicer:

@@ -1,10 +1,11 @@
-"""What every servicer shares: metrics, token auth, INVALID_ARGUMENT helpers, a reloadable model.
+"""What every servicer shares: decoding, metrics, token auth and INVALID_ARGUMENT helpers.
 
 A servicer of any model family plugs into `serving/server.py` and gets,
-without code of its own: Prometheus figures per method (latency histogram,
-requests by status code), token authentication, and (with `ModelHolder`) a
-model swapped in when the registry has a new version, announced on
-`model-updates` or found by polling.
+without code of its own: requests decoded after the token check (bad bytes
+and over-long strings answered INVALID_ARGUMENT), Prometheus figures per
+method (latency histogram, requests by status code), token authentication,
+and (with `serving.holder.ModelHolder`) a checked model swapped in when the
+registry has a new version.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Sequence
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter, Histogram
 
-from streamrec.registry import ModelRegistry, ModelVersion
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,12 +39,6 @@ BATCH_SIZE = Histogram(
     ["stage"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
-MODEL_VERSION = Gauge(
-    "streamrec_serving_model_version", "Number of the model version being served", ["family"]
-)
-RELOADS = Counter(
-    "streamrec_serving_reloads_total", "Model reloads by outcome", ["family", "outcome"]
-)
 
 AUTH_HEADER = "authorization"
 BEARER = "bearer "
@@ -56,37 +49,96 @@ def _method_name(full_method: str) -> str:
 
 
 def _wrap_unary(handler: grpc.RpcMethodHandler, wrap) -> grpc.RpcMethodHandler:
-    """The same handler with its unary-unary behaviour wrapped (others are left as they are)."""
+    """The same handler with its unary-unary behaviour wrapped (others are left as they are).
+
+    The wrapped behaviour gets the raw request bytes (`wrap(behaviour, decode)` decodes
+    them): gRPC itself then never decodes, so a call refused by the token check is refused
+    before its bytes are read, and undecodable bytes are answered by our code.
+    """
     if handler is None or handler.unary_unary is None:
         return handler
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary),
-        request_deserializer=handler.request_deserializer,
+        wrap(handler.unary_unary, handler.request_deserializer),
+        request_deserializer=None,
         response_serializer=handler.response_serializer,
     )
 
 
+_STRING_FIELDS: dict[str, tuple[str, ...]] = {}
+
+
+def decode_request(raw: bytes, decode, max_string: int):
+    """The request message of `raw`, or InvalidRequest naming what is wrong with it:
+    bytes that are no such message (truncated, invalid UTF-8) or a string field longer
+    than `max_string` characters."""
+    if decode is None:
+        return raw
+    try:
+        request = decode(raw)
+    except DecodeError as error:
+        raise InvalidRequest(f"the request could not be decoded: {error}") from None
+    descriptor = request.DESCRIPTOR
+    names = _STRING_FIELDS.get(descriptor.full_name)
+    if names is None:
+        names = tuple(f.name for f in descriptor.fields if f.type == f.TYPE_STRING)
+        _STRING_FIELDS[descriptor.full_name] = names
+    for name in names:
+        value = getattr(request, name)
+        values = [value] if isinstance(value, str) else value
+        for text in values:
+            if len(text) > max_string:
+                raise InvalidRequest(
+                    f"{name} is {len(text)} characters long; at most {max_string} are accepted"
+                )
+    return request
+
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Latency histogram and request/error counters per method, labelled by status code."""
+    """Decoding, and latency and request/error counters per method, labelled by status code.
+
+    Every call is counted, undecodable ones too (INVALID_ARGUMENT, one debug line). An
+    exception no servicer turned into a status is logged here and answered INTERNAL with
+    a generic message: its text (a ClickHouse error, a path) never reaches a client.
+    """
+
+    def __init__(self, max_string: int):
+        self.max_string = max_string
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = _method_name(handler_call_details.method)
+        max_string = self.max_string
 
-        def wrap(behaviour):
-            async def timed(request, context):
+        def wrap(behaviour, decode):
+            async def timed(raw, context):
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
+                    try:
+                        request = decode_request(raw, decode, max_string)
+                    except InvalidRequest as problem:
+                        INVALID.labels(method).inc()
+                        log.debug("%s: %s", method, problem)
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(problem))
                     reply = await behaviour(request, context)
                     code = context.code() or grpc.StatusCode.OK
                     return reply
                 except asyncio.CancelledError:
                     code = grpc.StatusCode.CANCELLED
                     raise
-                except Exception:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
+                except Exception as error:
+                    code = context.code()
+                    if isinstance(error, grpc.aio.AbortError) or code not in (
+                        None,
+                        grpc.StatusCode.OK,
+                    ):
+                        raise
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("%s failed", method)
+                    await context.abort(code, INTERNAL_MESSAGE)
                 finally:
                     if not isinstance(code, grpc.StatusCode):
                         code = grpc.StatusCode.UNKNOWN
@@ -153,13 +205,14 @@ def _refusal(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | N
 
 
 def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
-    """Auth first (a refused call does not reach the metrics of a method it may not call)."""
+    """Auth first: a refused call does not reach the metrics of a method it may not call,
+    and its bytes are never decoded."""
     chosen: list[grpc.aio.ServerInterceptor] = []
     if settings.serving.auth_tokens:
         chosen.append(
             TokenAuthInterceptor(settings.serving.auth_tokens, settings.serving.auth_open_services)
         )
-    chosen.append(MetricsInterceptor())
+    chosen.append(MetricsInterceptor(settings.serving.max_string_length))
     return chosen
 
 
@@ -218,149 +271,3 @@ def check_deadline(context: grpc.aio.ServicerContext) -> None:
 
 class DeadlinePassed(Exception):
     """The caller's deadline passed before the answer was ready."""
-
-
-# --- reloadable model ----------------------------------------------------------
-
-M = TypeVar("M")
-
-
-class ModelHolder(Generic[M]):
-    """The model a servicer serves now, swapped for a newer registry version when one appears.
-
-    A request takes `holder.current` once and uses that object to the end, so a
-    swap never changes a model under a request in flight; the old one is freed
-    when its last request finishes. Loading runs in a thread, off the event loop.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        family: str,
-        load: Callable[[ModelVersion], M],
-        on_swap: Callable[[M], Awaitable[None] | None] | None = None,
-    ):
-        self.settings = settings
-        self.family = family
-        self.registry = ModelRegistry.from_settings(settings)
-        self._load = load
-        self._on_swap = on_swap
-        self.current: M | None = None
-        self.version: ModelVersion | None = None
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task] = []
-        self._stop_consumer = threading.Event()
-        # Set once announcements are heard (tests wait for it before publishing).
-        self.listening = threading.Event()
-        self._consumer_thread: threading.Thread | None = None
-
-    async def refresh(self) -> bool:
-        """Load the latest registry version if newer than the served one; True if swapped."""
-        async with self._lock:
-            latest = await asyncio.to_thread(self.registry.latest, self.family)
-            if latest is None or (self.version and latest.number <= self.version.number):
-                return False
-            try:
-                loaded = await asyncio.to_thread(self._load, latest)
-            except Exception:
-                RELOADS.labels(self.family, "failed").inc()
-                log.exception("loading %s/%s failed; keeping the served one", *_name(latest))
-                return False
-            self.current, self.version = loaded, latest
-            MODEL_VERSION.labels(self.family).set(latest.number)
-            RELOADS.labels(self.family, "swapped").inc()
-            log.info("serving %s/%s", *_name(latest))
-            if self._on_swap is not None:
-                result = self._on_swap(loaded)
-                if asyncio.iscoroutine(result):
-                    await result
-            return True
-
-    async def start_optional(self) -> None:
-        """Load the latest version and watch, for a family that may have none yet: its
-        service answers once one is published."""
-        await self.refresh()
-        if self.current is None:
-            log.info("no %s version in the registry yet", self.family)
-        self.start()
-
-    async def served(self, context: grpc.aio.ServicerContext) -> M:
-        """The model a request keeps to its end; UNAVAILABLE while none is published."""
-        served = self.current
-        if served is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"no {self.family} model is published yet"
-            )
-        return served
-
-    def start(self) -> None:
-        """Watch for new versions: the model-updates topic (when on) and polling."""
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._watch()))
-        if self.settings.serving.reload_from_topic:
-            self._consumer_thread = threading.Thread(
-                target=self._consume_updates, args=(loop,), daemon=True, name="model-updates"
-            )
-            self._consumer_thread.start()
-
-    async def stop(self) -> None:
-        self._stop_consumer.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._consumer_thread is not None:
-            await asyncio.to_thread(self._consumer_thread.join, 10)
-
-    async def _watch(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.serving.reload_poll_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("looking for a new %s version failed", self.family)
-
-    def _consume_updates(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wake the watcher on each ModelUpdate of this family (a thread: kafka-python blocks)."""
-        from kafka import KafkaConsumer
-
-        from streamrec.services import kafka_bootstrap
-        from streamrec.v1 import events_pb2
-
-        try:
-            # No group: every replica hears every announcement; only new ones matter.
-            consumer = KafkaConsumer(
-                self.settings.kafka.model_updates_topic,
-                bootstrap_servers=kafka_bootstrap(self.settings),
-                auto_offset_reset="latest",
-                enable_auto_commit=False,
-                consumer_timeout_ms=500,
-            )
-        except Exception as error:
-            log.warning("not listening on model-updates (%s); polling only", error)
-            return
-        try:
-            while not consumer.assignment() and not self._stop_consumer.is_set():
-                consumer.poll(timeout_ms=200)
-            for partition in consumer.assignment():
-                consumer.position(partition)  # fixes "latest" now: later updates are heard
-            self.listening.set()
-            while not self._stop_consumer.is_set():
-                for message in consumer:
-                    update = events_pb2.ModelUpdate.FromString(message.value)
-                    if update.model == self.family:
-                        loop.call_soon_threadsafe(self._wake.set)
-                    if self._stop_consumer.is_set():
-                        break
-        except Exception:
-            log.exception("model-updates consumer stopped; polling only")
-        finally:
-            consumer.close()
-
-
-def _name(version: ModelVersion) -> tuple[str, str]:
-    return version.family, version.version

@@ -1,4 +1,5 @@
-"""Ops: OpsService over gRPC, and a small status web page of recent job runs.
+"""Ops: OpsService over gRPC, and a small status web page of recent job runs (and of the
+model versions servers refused).
 
 Both read `job_runs` through `streamrec.jobs`, so what ops see here is what
 `streamrec jobs list` prints. The page also serves `/metrics`: the job figures
@@ -19,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from serving.kit import InvalidRequest, answer, check_deadline
 from streamrec.jobs import (
     FAILED,
     LOST,
@@ -30,6 +32,7 @@ from streamrec.jobs import (
     kind_summaries,
     list_runs,
 )
+from streamrec.registry import FailedVersion, ModelRegistry
 from streamrec.settings import Settings
 from streamrec.v1 import ops_pb2, ops_pb2_grpc
 
@@ -63,26 +66,35 @@ def run_to_proto(run: JobRun) -> ops_pb2.JobRun:
 
 
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
-    """ListJobs and GetJob; ClickHouse reads run in a thread, off the event loop."""
+    """ListJobs and GetJob; ClickHouse reads run in a thread, off the event loop. String
+    fields are bounded by the serving kit (`serving.max_string_length`), and a failed read
+    is answered INTERNAL without its text (the server log has it)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     async def ListJobs(self, request, context):
+        return await answer("ListJobs", self._list, request, context)
+
+    async def GetJob(self, request, context):
+        return await answer("GetJob", self._get, request, context)
+
+    async def _list(self, request, context):
         if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidRequest(
                 f"limit must be between 0 (the default page) and {MAX_LIST_LIMIT}, "
-                f"got {request.limit}",
+                f"got {request.limit}"
             )
+        check_deadline(context)
         runs = await asyncio.to_thread(
             list_runs, self.settings, request.kind or None, None, request.limit or None
         )
         return ops_pb2.ListJobsResponse(runs=[run_to_proto(run) for run in runs])
 
-    async def GetJob(self, request, context):
+    async def _get(self, request, context):
         if not request.run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is empty")
+            raise InvalidRequest("run_id is empty")
+        check_deadline(context)
         run = await asyncio.to_thread(get_run, self.settings, request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job run {request.run_id}")
@@ -134,8 +146,37 @@ def _when(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if seconds else ""
 
 
-def render_page(runs: list[JobRun], refresh_s: int) -> str:
-    """The status page: one table row per run, its status as text and as a colour."""
+def served_families(settings: Settings) -> list[str]:
+    return [settings.recommender.family, settings.genrec.family, settings.recsysllm.family]
+
+
+def refused_versions(settings: Settings) -> list[FailedVersion]:
+    """Versions of the served families that servers refused (`ModelRegistry.failed`)."""
+    registry = ModelRegistry.from_settings(settings)
+    return [entry for family in served_families(settings) for entry in registry.failed(family)]
+
+
+def render_refused(refused: list[FailedVersion]) -> str:
+    rows = "\n".join(
+        f'<tr class="refused" data-version="{html.escape(f"{e.family}/{e.version}")}">'
+        + "".join(
+            f"<td>{html.escape(cell)}</td>" for cell in (e.family, e.version, e.failed_at, e.reason)
+        )
+        + "</tr>"
+        for e in refused
+    )
+    body = rows or '<tr><td colspan="4">none</td></tr>'
+    return (
+        "<h2>Model versions refused by servers</h2>\n"
+        "<p>They did not load or failed the smoke check, so no server serves them.</p>\n"
+        '<table id="refused"><tr><th>family</th><th>version</th><th>refused (UTC)</th>'
+        f"<th>reason</th></tr>\n{body}\n</table>"
+    )
+
+
+def render_page(runs: list[JobRun], refresh_s: int, refused: list[FailedVersion] = ()) -> str:
+    """The status page: one table row per run, its status as text and as a colour; then the
+    model versions servers refused."""
     header = (
         "<tr><th>run</th><th>kind</th><th>status</th><th>started (UTC)</th><th>duration</th>"
         "<th>ok</th><th>failed</th><th>skipped</th><th>items/s</th><th>LLM</th><th>error</th></tr>"
@@ -176,7 +217,9 @@ tr.status-running td:nth-child(3) {{ color: #a66a00; }}
 <p>The {len(runs)} newest runs, newest first. Refreshes every {refresh_s} s.</p>
 <table id="runs">{header}
 {body}
-</table></body></html>
+</table>
+{render_refused(list(refused))}
+</body></html>
 """
 
 
@@ -194,8 +237,9 @@ def status_page_app(settings: Settings) -> web.Application:
 
     async def page(request: web.Request) -> web.Response:
         runs = await recent_runs(request)
+        refused = await asyncio.to_thread(refused_versions, settings)
         return web.Response(
-            text=render_page(runs, settings.ops.page_refresh_s), content_type="text/html"
+            text=render_page(runs, settings.ops.page_refresh_s, refused), content_type="text/html"
         )
 
     async def api_runs(request: web.Request) -> web.Response:

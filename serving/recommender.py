@@ -8,6 +8,7 @@ A user with no usable history gets popular recent items (cold start).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.history_cache import HistoryCache
+from serving.holder import ModelHolder, SmokeCheckFailed
 from serving.index import VectorIndex
 from serving.kit import (
-    ModelHolder,
     answer,
     check_deadline,
     check_k,
@@ -84,6 +85,18 @@ def load_serving_model(version: ModelVersion, settings: Settings) -> ServingMode
         index=VectorIndex(vectors[1:], settings.serving, first_id=1),
         max_length=min(max_length, settings.serving.history_length),
     )
+
+
+def smoke_check(served: ServingModel) -> None:
+    """Serve a version only if a forward gives finite scores and the index finds items."""
+    if served.n_items < 2:
+        raise SmokeCheckFailed(f"{served.version} has no items")
+    vector = user_vectors(served, [[1]])
+    if not (np.isfinite(vector).all() and np.isfinite(served.vectors[1:]).all()):
+        raise SmokeCheckFailed(f"{served.version} gives scores that are not finite")
+    scores, ids = served.index.search(vector, min(10, served.n_items - 1))
+    if not ((ids[0] > 0).any() and np.isfinite(scores[0][ids[0] > 0]).all()):
+        raise SmokeCheckFailed(f"{served.version}: its item index finds nothing")
 
 
 @dataclass
@@ -156,6 +169,7 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             settings,
             settings.recommender.family,
             lambda version: load_serving_model(version, settings),
+            smoke=smoke_check,
         )
         self.history = history or HistoryCache(settings)
         self.popular = PopularItems(settings)
@@ -169,11 +183,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
 
     async def start(self) -> None:
         """Load the latest version (if any yet) and start watching for new ones."""
-        set_torch_threads(self.settings)
+        await asyncio.to_thread(set_torch_threads, self.settings)  # imports torch
         await self.holder.refresh()
         if self.holder.current is None:
-            log.warning("no %s version in the registry yet; cold start only", self.holder.family)
+            log.warning(
+                "no usable %s version in the registry yet; cold start only", self.holder.family
+            )
         await self.popular.start()
+        await self.history.warm()
+        if self.holder.current is not None:  # the batch path's first forward, now
+            await self.batcher.submit(Query(self.holder.current, [1], 1))
         self.holder.start()
 
     async def stop(self) -> None:
@@ -195,7 +214,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
         check_deadline(context)
         served = self.holder.current  # this request keeps this version to its end
         if served is None:  # nothing published yet: popular items are all there is
-            return self.cold_start("", request.k, set(request.exclude_item_ids), ())
+            excluded = await self.excluded(request, list(request.history), context)
+            return self.cold_start("", request.k, excluded, ())
         candidates = None
         if request.candidate_item_ids:
             check_known(
@@ -205,10 +225,8 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
                 [served.index_of[i] for i in dict.fromkeys(request.candidate_item_ids)]
             )
 
-        history = list(request.history) or await self.history.items(request.user_id)
-        excluded_ids = set(request.exclude_item_ids)
-        if not request.include_seen:
-            excluded_ids.update(history)
+        history = list(request.history) or await self.history.items(request.user_id, context)
+        excluded_ids = await self.excluded(request, history, context)
         known = [served.index_of[i] for i in history if i in served.index_of]
         sequence = known[-served.max_length :]
         if not sequence:
@@ -231,6 +249,16 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
             ],
             model_version=served.version,
         )
+
+    async def excluded(self, request, history: list[int], context) -> set[int]:
+        """The ids left out: the request's, and unless include_seen, every item the user
+        has seen (the whole stored history, and the request's history)."""
+        excluded = set(request.exclude_item_ids)
+        if not request.include_seen:
+            excluded.update(history)
+            if request.user_id > 0:
+                excluded.update(await self.history.seen(request.user_id, context))
+        return excluded
 
     def cold_start(self, version, k, excluded_ids, candidate_ids):
         ranked = self.popular.rank(k, excluded_ids, candidate_ids)

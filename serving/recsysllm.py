@@ -15,10 +15,15 @@ import random
 
 import torch
 
+from models.recsysllm.artifact import RecSysLLMArtifact
+from models.recsysllm.prompts import candidate_segments, templates
+from models.recsysllm.tasks import RATINGS, TaskWriter
+from models.recsysllm.textualise import UserProfile
+from models.recsysllm.training import generate_text
 from serving.history_cache import HistoryCache
+from serving.holder import ModelHolder, SmokeCheckFailed
 from serving.kit import (
     InvalidRequest,
-    ModelHolder,
     answer,
     check_deadline,
     check_k,
@@ -32,7 +37,6 @@ from streamrec.v1 import recommender_pb2, recsysllm_pb2, recsysllm_pb2_grpc
 
 
 def load_served(version: ModelVersion, settings: Settings):
-    from models.recsysllm.artifact import RecSysLLMArtifact
     from streamrec.assets import load_llm
 
     artifact = RecSysLLMArtifact.from_pretrained(
@@ -42,11 +46,40 @@ def load_served(version: ModelVersion, settings: Settings):
     return artifact
 
 
+def task_writer(served, settings: Settings) -> TaskWriter:
+    config = settings.recsysllm
+    return TaskWriter(
+        served.tokenizer,
+        served.model.marker_ids,
+        served.titles,
+        config.prompt_items,
+        config.windows,
+    )
+
+
+def smoke_check(served, settings: Settings) -> None:
+    """Serve a version only if it rates a catalog item with finite scores."""
+    if not served.titles:
+        raise SmokeCheckFailed(f"{served.version} has no items")
+    item = next(iter(served.titles))
+    writer = task_writer(served, settings)
+    context = writer.context(UserProfile(), [item], random.Random(0))
+    prompt = writer.prompt(templates("rating", True)[0], context, item=served.titles[item])
+    ids, positions = writer.inference_input(prompt)
+    answers = [writer.entity_tokens(r) for r in RATINGS]
+    scores = served.model.sequence_scores(ids, positions, answers)
+    if not torch.isfinite(scores).all():
+        raise SmokeCheckFailed(f"{served.version} gives scores that are not finite")
+
+
 class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
     def __init__(self, settings: Settings, history: HistoryCache | None = None):
         self.settings = settings
         self.holder = ModelHolder(
-            settings, settings.recsysllm.family, lambda v: load_served(v, settings)
+            settings,
+            settings.recsysllm.family,
+            lambda v: load_served(v, settings),
+            smoke=lambda served: smoke_check(served, settings),
         )
         self.history = history or HistoryCache(settings)
         # One generation at a time: the forward passes already use every core.
@@ -54,6 +87,7 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
 
     async def start(self) -> None:
         await self.holder.start_optional()
+        await self.history.warm()
 
     async def stop(self) -> None:
         await self.holder.stop()
@@ -73,26 +107,16 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
 
     async def _prompt_context(self, request, context):
         """The served model and the writer, context and history for this request."""
-        from models.recsysllm.tasks import TaskWriter
-        from models.recsysllm.textualise import UserProfile
-
         check_list_size("history", request.history, self.settings.serving.max_request_history)
         check_user_or_history(request.user_id, request.history)
         check_deadline(context)
         served = await self.holder.served(context)
         check_known("history items", request.history, served.titles, served.version)
-        history = list(request.history) or await self.history.items(request.user_id)
+        history = list(request.history) or await self.history.items(request.user_id, context)
         history = [i for i in history if i in served.titles]
         if not history:
             raise InvalidRequest(f"user {request.user_id} has no history; give a history")
-        config = self.settings.recsysllm
-        writer = TaskWriter(
-            served.tokenizer,
-            served.model.marker_ids,
-            served.titles,
-            config.prompt_items,
-            config.windows,
-        )
+        writer = task_writer(served, self.settings)
         profile = served.profiles.get(request.user_id, UserProfile())
         prompt_context = writer.context(profile, history, random.Random(request.user_id))
         return served, writer, prompt_context, history
@@ -106,8 +130,6 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
             return await asyncio.to_thread(function, *args)
 
     async def _next_items(self, request, context):
-        from models.recsysllm.prompts import templates
-
         config = self.settings.recsysllm
         k = request.k or min(10, config.beams)
         check_k(k, config.beams)
@@ -115,7 +137,10 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         ids, positions = writer.inference_input(
             writer.prompt(templates("next_item", True)[0], prompt_context)
         )
-        seen = {tuple(served.item_tokens[i]) for i in history}
+        seen_ids = set() if request.include_seen else set(history)
+        if not request.include_seen and request.user_id > 0:  # the whole stored history too
+            seen_ids.update(await self.history.seen(request.user_id, context))
+        seen = {tuple(served.item_tokens[i]) for i in seen_ids if i in served.titles}
         found = await self._run(
             served.model.beam_search_entities, ids, positions, served.trie, k, 32, seen
         )
@@ -130,8 +155,6 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         )
 
     async def _rank(self, request, context):
-        from models.recsysllm.prompts import candidate_segments, templates
-
         candidates = list(request.candidate_item_ids)
         if not candidates:
             raise InvalidRequest("candidate_item_ids is empty: give the items to rank")
@@ -155,9 +178,6 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         )
 
     async def _rating(self, request, context):
-        from models.recsysllm.prompts import templates
-        from models.recsysllm.tasks import RATINGS
-
         served, writer, prompt_context, _ = await self._prompt_context(request, context)
         self._check_item(served, request.item_id, "item_id")
         ids, positions = writer.inference_input(
@@ -171,9 +191,6 @@ class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):
         return recsysllm_pb2.PredictRatingResponse(rating=expected, model_version=served.version)
 
     async def _explain(self, request, context):
-        from models.recsysllm.prompts import templates
-        from models.recsysllm.training import generate_text
-
         served, writer, prompt_context, _ = await self._prompt_context(request, context)
         self._check_item(served, request.item_id, "item_id")
         ids, positions = writer.inference_input(

@@ -11,6 +11,7 @@ reflection lists it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from pathlib import Path
@@ -92,6 +93,16 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def start_metrics(settings: Settings):
+    """The server's Prometheus endpoint on `serving.metrics_host` (loopback unless set:
+    it has no authentication); returns the HTTP server (its `server_address`)."""
+    from prometheus_client import start_http_server
+
+    serving = settings.serving
+    http_server, _ = start_http_server(serving.metrics_port, serving.metrics_host)
+    return http_server
+
+
 class Server:
     """A started grpc.aio server with its servicers; `stop()` stops both."""
 
@@ -109,6 +120,18 @@ class Server:
             stop = getattr(servicer, "stop", None)
             if stop is not None:
                 await stop()
+
+
+async def _watch_health(health_servicer, name: str, servicer) -> None:
+    """A service with a model holder is NOT_SERVING until it has a usable model (a version
+    that loaded and passed its smoke check); others are SERVING."""
+    holder = getattr(servicer, "holder", None)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    if holder is None or holder.current is not None:
+        await health_servicer.set(name, serving)
+        return
+    await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    holder.listeners.append(functools.partial(health_servicer.set, name, serving))
 
 
 async def start_server(settings: Settings, servicers: dict | None = None) -> tuple[Server, int]:
@@ -147,8 +170,9 @@ async def start_server(settings: Settings, servicers: dict | None = None) -> tup
         if start is not None:
             await start()
     await server.start()
-    for name in ("", *names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in names:
+        await _watch_health(health_servicer, name, servicers.get(name))
     log.info(
         "gRPC server on %s:%d (%s)",
         settings.serving.host,

@@ -58,3 +58,17 @@ class HistoryStore:
         for entries in histories.values():
             entries.reverse()
         return histories
+
+    def batch_seen(self, user_ids: Iterable[int]) -> dict[int, tuple[list[int], int]]:
+        """Every item each user ever interacted with (once each), and the time of the
+        user's newest interaction (users without any are absent): the seen items that
+        serving leaves out, however long the history."""
+        users = sorted({int(u) for u in user_ids})
+        if not users:
+            return {}
+        rows = self._client.execute(
+            "SELECT user_id, groupUniqArray(item_id), max(timestamp_ms) "
+            "FROM interactions WHERE user_id IN %(users)s GROUP BY user_id",
+            {"users": tuple(users)},
+        )
+        return {user: (list(items), newest) for user, items, newest in rows}

@@ -34,6 +34,8 @@ from streamrec.settings import Settings
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
+# Marks of versions servers refused, one `<version>.json` each, under `<root>/<family>/`.
+FAILED_DIR = ".failed"
 VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
 # The LoRA adapters alignment publishes and the knowledge job applies. The model families
 # are settings (`recommender.family`, `genrec.family`, `recsysllm.family`).
@@ -100,6 +102,16 @@ class ModelVersion:
     @property
     def number(self) -> int:
         return version_number(self.version) or 0
+
+
+@dataclass(frozen=True)
+class FailedVersion:
+    """A version a server refused: it did not load or failed its smoke check."""
+
+    family: str
+    version: str
+    reason: str
+    failed_at: str  # UTC, ISO 8601
 
 
 class ModelRegistry:
@@ -194,6 +206,35 @@ class ModelRegistry:
         if version_number(version) is None or not (entry / METADATA_FILE).is_file():
             raise KeyError(f"no version {version!r} of {family!r} under {self.root}")
         return self._read(family, entry)
+
+    def mark_failed(self, family: str, version: str, reason: str) -> None:
+        """Record that `version` failed to load or its smoke check: servers skip it (and fall
+        back to an older one). The mark is a file beside the versions, which stay immutable;
+        deleting it lets servers try the version again."""
+        folder = self._family_dir(family) / FAILED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "version": version,
+            "reason": reason,
+            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": os.uname().nodename,
+        }
+        scratch = folder / f".{version}-{uuid.uuid4().hex}"
+        scratch.write_text(json.dumps(record, indent=2, sort_keys=True))
+        os.replace(scratch, folder / f"{version}.json")
+
+    def failed(self, family: str) -> list[FailedVersion]:
+        """The versions of `family` marked failed, oldest first, each with its reason."""
+        folder = self._family_dir(family) / FAILED_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.glob("v*.json")):
+            record = json.loads(entry.read_text())
+            found.append(
+                FailedVersion(family, record["version"], record["reason"], record["failed_at"])
+            )
+        return found
 
     @staticmethod
     def _read(family: str, entry: Path) -> ModelVersion:

@@ -155,9 +155,11 @@ class ServingSettings(BaseModel):
     max_request_history: int = 1000
     max_request_ids: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
-    # Prometheus /metrics of `streamrec serve` (all interfaces: scraped from another pod);
-    # port 0 turns it off.
-    metrics_host: str = "0.0.0.0"
+    # Longest string field of a request (characters); longer ones get INVALID_ARGUMENT.
+    max_string_length: int = 1024
+    # Prometheus /metrics of `streamrec serve`: loopback only (it has no authentication);
+    # containers set 0.0.0.0 to be scraped from another pod. Port 0 turns it off.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9109
     # Token authentication: on when any token is set (clients send
     # `authorization: Bearer <token>`); the health service stays open for probes.
@@ -179,6 +181,14 @@ class ServingSettings(BaseModel):
     history_length: int = 50
     history_cache_ttl_s: float = 2.0
     history_cache_size: int = 100_000
+    # Seen items (the user's whole history, left out of answers unless include_seen): the
+    # per-user set is read once, kept current by the recent-history reads, and re-read
+    # after this many seconds (events stored late, with old timestamps); users cached.
+    seen_cache_ttl_s: float = 600.0
+    seen_cache_size: int = 10_000
+    # A call with less of its deadline left than this answers DEADLINE_EXCEEDED instead of
+    # reading ClickHouse (a read that could not finish in time).
+    history_read_min_ms: float = 2.0
     # Dynamic micro-batching of the model forward (and of ClickHouse history reads).
     max_batch: int = 64
     max_wait_ms: float = 2.0

@@ -22,15 +22,13 @@ def serve(
     """Run the gRPC server (every built service, health, reflection) until Ctrl-C."""
     import asyncio
 
-    from serving.server import build_servicers, start_server
+    from serving.server import build_servicers, start_metrics, start_server
 
     settings = with_overrides(get_settings(), "serving", port=port, host=host)
     serving = settings.serving
     if serving.metrics_port:
-        from prometheus_client import start_http_server
-
         try:
-            start_http_server(serving.metrics_port, serving.metrics_host)
+            start_metrics(settings)
         except OSError as error:  # a second server on one host: serve, without /metrics
             console.print(f"no /metrics on port {serving.metrics_port}: {error}")
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from streamrec.v1 import recommender_pb2 as streamrec_dot_v1_dot_recommender__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrec/v1/recsysllm.proto\x12\x0cstreamrec.v1\x1a\x1estreamrec/v1/recommender.proto\"?\n\x10NextItemsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\"c\n\x11NextItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x0e\n\x06titles\x18\x02 \x03(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"U\n\x15RankCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\x03\"X\n\x16RankCandidatesResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"I\n\x14PredictRatingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\">\n\x15PredictRatingResponse\x12\x0e\n\x06rating\x18\x01 \x01(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"C\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\"=\n\x0f\x45xplainResponse\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xdf\x02\n\x10RecSysLLMService\x12L\n\tNextItems\x12\x1e.streamrec.v1.NextItemsRequest\x1a\x1f.streamrec.v1.NextItemsResponse\x12[\n\x0eRankCandidates\x12#.streamrec.v1.RankCandidatesRequest\x1a$.streamrec.v1.RankCandidatesResponse\x12X\n\rPredictRating\x12\".streamrec.v1.PredictRatingRequest\x1a#.streamrec.v1.PredictRatingResponse\x12\x46\n\x07\x45xplain\x12\x1c.streamrec.v1.ExplainRequest\x1a\x1d.streamrec.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrec/v1/recsysllm.proto\x12\x0cstreamrec.v1\x1a\x1estreamrec/v1/recommender.proto\"U\n\x10NextItemsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x04 \x01(\x08\"c\n\x11NextItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x0e\n\x06titles\x18\x02 \x03(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"U\n\x15RankCandidatesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x03 \x03(\x03\"X\n\x16RankCandidatesResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.streamrec.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"I\n\x14PredictRatingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\">\n\x15PredictRatingResponse\x12\x0e\n\x06rating\x18\x01 \x01(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"C\n\x0e\x45xplainRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07history\x18\x02 \x03(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\"=\n\x0f\x45xplainResponse\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\xdf\x02\n\x10RecSysLLMService\x12L\n\tNextItems\x12\x1e.streamrec.v1.NextItemsRequest\x1a\x1f.streamrec.v1.NextItemsResponse\x12[\n\x0eRankCandidates\x12#.streamrec.v1.RankCandidatesRequest\x1a$.streamrec.v1.RankCandidatesResponse\x12X\n\rPredictRating\x12\".streamrec.v1.PredictRatingRequest\x1a#.streamrec.v1.PredictRatingResponse\x12\x46\n\x07\x45xplain\x12\x1c.streamrec.v1.ExplainRequest\x1a\x1d.streamrec.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamrec.v1.recsysllm_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NEXTITEMSREQUEST']._serialized_start=78
-  _globals['_NEXTITEMSREQUEST']._serialized_end=141
-  _globals['_NEXTITEMSRESPONSE']._serialized_start=143
-  _globals['_NEXTITEMSRESPONSE']._serialized_end=242
-  _globals['_RANKCANDIDATESREQUEST']._serialized_start=244
-  _globals['_RANKCANDIDATESREQUEST']._serialized_end=329
-  _globals['_RANKCANDIDATESRESPONSE']._serialized_start=331
-  _globals['_RANKCANDIDATESRESPONSE']._serialized_end=419
-  _globals['_PREDICTRATINGREQUEST']._serialized_start=421
-  _globals['_PREDICTRATINGREQUEST']._serialized_end=494
-  _globals['_PREDICTRATINGRESPONSE']._serialized_start=496
-  _globals['_PREDICTRATINGRESPONSE']._serialized_end=558
-  _globals['_EXPLAINREQUEST']._serialized_start=560
-  _globals['_EXPLAINREQUEST']._serialized_end=627
-  _globals['_EXPLAINRESPONSE']._serialized_start=629
-  _globals['_EXPLAINRESPONSE']._serialized_end=690
-  _globals['_RECSYSLLMSERVICE']._serialized_start=693
-  _globals['_RECSYSLLMSERVICE']._serialized_end=1044
+  _globals['_NEXTITEMSREQUEST']._serialized_end=163
+  _globals['_NEXTITEMSRESPONSE']._serialized_start=165
+  _globals['_NEXTITEMSRESPONSE']._serialized_end=264
+  _globals['_RANKCANDIDATESREQUEST']._serialized_start=266
+  _globals['_RANKCANDIDATESREQUEST']._serialized_end=351
+  _globals['_RANKCANDIDATESRESPONSE']._serialized_start=353
+  _globals['_RANKCANDIDATESRESPONSE']._serialized_end=441
+  _globals['_PREDICTRATINGREQUEST']._serialized_start=443
+  _globals['_PREDICTRATINGREQUEST']._serialized_end=516
+  _globals['_PREDICTRATINGRESPONSE']._serialized_start=518
+  _globals['_PREDICTRATINGRESPONSE']._serialized_end=580
+  _globals['_EXPLAINREQUEST']._serialized_start=582
+  _globals['_EXPLAINREQUEST']._serialized_end=649
+  _globals['_EXPLAINRESPONSE']._serialized_start=651
+  _globals['_EXPLAINRESPONSE']._serialized_end=712
+  _globals['_RECSYSLLMSERVICE']._serialized_start=715
+  _globals['_RECSYSLLMSERVICE']._serialized_end=1066
 # @@protoc_insertion_point(module_scope)

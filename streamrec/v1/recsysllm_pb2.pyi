@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NextItemsRequest(_message.Message):
-    __slots__ = ("user_id", "history", "k")
+    __slots__ = ("user_id", "history", "k", "include_seen")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     history: _containers.RepeatedScalarFieldContainer[int]
     k: int
-    def __init__(self, user_id: _Optional[int] = ..., history: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ...) -> None: ...
+    include_seen: bool
+    def __init__(self, user_id: _Optional[int] = ..., history: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., include_seen: _Optional[bool] = ...) -> None: ...
 
 class NextItemsResponse(_message.Message):
     __slots__ = ("items", "titles", "model_version")

@@ -112,6 +112,26 @@ def test_generate_answers_from_request_and_stored_histories(world):
     asyncio.run(_with_server(settings, check))
 
 
+def test_the_whole_stored_history_is_left_out_not_only_the_models_window(world):
+    settings = world[0].model_copy(deep=True)
+    settings.serving.history_length = 5  # the window the model reads
+    user, stored = 73, [int(i) for i in ITEMS[10:22]]
+    store_history(settings, user, stored, "whole")
+
+    async def check(stub, server):
+        reply = await stub.Generate(genrec_pb2.GenerateRequest(user_id=user, k=BEAM), timeout=30)
+        ids = [item.item_id for item in reply.items]
+        assert len(ids) == len(ITEMS) - len(stored)  # all that is left in the catalog
+        assert not set(ids) & set(stored)
+        # With the user's id, the stored items are left out of a request history's answer too.
+        reply = await stub.Generate(
+            genrec_pb2.GenerateRequest(user_id=user, history=[501, 502, 501], k=BEAM), timeout=30
+        )
+        assert not {item.item_id for item in reply.items} & {*stored, 501, 502}
+
+    asyncio.run(_with_server(settings, check))
+
+
 BAD_REQUESTS = [
     (genrec_pb2.GenerateRequest(history=[501], k=BEAM + 1), "k must be between 1 and 24"),
     (genrec_pb2.GenerateRequest(history=[501], k=-2), "k must be between"),

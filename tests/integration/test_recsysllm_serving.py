@@ -96,6 +96,23 @@ def test_the_four_methods_answer_with_catalog_items(world):
     asyncio.run(_with_server(settings, check))
 
 
+def test_next_items_leaves_out_the_whole_stored_history(world):
+    settings = world[0].model_copy(deep=True)
+    settings.serving.history_length = 2  # the window the prompt reads
+    user, stored = 82, [601, 602, 603, 604, 605]
+    store_history(settings, user, stored, "whole")
+
+    async def check(stub):
+        reply = await stub.NextItems(recsysllm_pb2.NextItemsRequest(user_id=user, k=3), timeout=60)
+        assert reply.items and not {item.item_id for item in reply.items} & set(stored)
+        kept = await stub.NextItems(
+            recsysllm_pb2.NextItemsRequest(user_id=user, k=4, include_seen=True), timeout=60
+        )
+        assert {item.item_id for item in kept.items} & set(stored)
+
+    asyncio.run(_with_server(settings, check))
+
+
 BAD_REQUESTS = [
     ("NextItems", recsysllm_pb2.NextItemsRequest(history=[601], k=5), "k must be between 1 and 4"),
     ("NextItems", recsysllm_pb2.NextItemsRequest(k=2), "give a user_id"),

@@ -118,10 +118,16 @@ def command_name(args: list[str]) -> str:
 LISTENING_COMMANDS = ("serve", "stream worker", "jobs page", "worker trainer", "worker scheduler")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def listening_ports(command: str, settings: Settings) -> set[int]:
-    """The ports a streamrec command listens on, as its settings give them."""
+    """The ports a streamrec command listens on for other containers, as its settings give
+    them (a port bound to loopback cannot be published or scraped)."""
+    serving = settings.serving
     return {
-        "serve": {settings.serving.port, settings.serving.metrics_port},
+        "serve": {serving.port}
+        | ({serving.metrics_port} if serving.metrics_host not in LOOPBACK else set()),
         "stream worker": {settings.streams.web_port},
         "jobs page": {settings.ops.page_port},
         "worker trainer": {settings.ops.worker_metrics_port},

@@ -12,7 +12,7 @@ import torch
 
 from models.artifacts import ArtifactError, load_config, save_config, save_tensors
 from models.sequential import SequentialRecommender, build_recommender
-from serving.kit import ModelHolder
+from serving.holder import ModelHolder
 from serving.recommender import load_serving_model
 from streamrec.registry import ModelRegistry
 from streamrec.settings import Settings

@@ -276,3 +276,27 @@ def test_an_unknown_index_kind_is_refused():
     serving = Settings().serving.model_copy(update={"index": "annoy"})
     with pytest.raises(ValueError, match="flat, ivf or hnsw"):
         VectorIndex(np.zeros((3, 4), dtype=np.float32), serving)
+
+
+def test_metrics_listen_on_loopback_unless_a_setting_opens_them():
+    import socket
+    import urllib.request
+
+    from serving.server import start_metrics
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    for host, expected in ((None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")):
+        serving = {"metrics_port": free_port()} | ({"metrics_host": host} if host else {})
+        http_server = start_metrics(_with_settings(**serving))
+        try:
+            address, port = http_server.server_address[:2]
+            assert address == expected
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            assert b"streamrec_grpc_requests_total" in body
+        finally:
+            http_server.shutdown()
+            http_server.server_close()
