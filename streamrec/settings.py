@@ -174,6 +174,9 @@ class ServingSettings(BaseModel):
     # the worker thread: fastest for a lone request); larger ones in the worker thread, so
     # the loop keeps taking calls in meanwhile and batches grow under load.
     forward_on_loop_below: int = 2
+    # Python's GIL switch interval in the server (ms; Python's default is 5): how long a
+    # thread that wants the GIL (a batch done, a call arrived) may wait for the one holding it.
+    switch_interval_ms: float = 0.5
     # Vector index over item vectors: "flat" (exact inner product), "ivf", "hnsw", or
     # "auto": flat below `index_auto_approximate_from` items, hnsw from there on.
     index: str = "auto"
