@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from pathlib import Path
 
 import grpc
@@ -118,9 +117,6 @@ async def start_server(settings: Settings, servicers: dict | None = None) -> tup
     Returns it with the bound port (port 0 in the settings picks a free one).
     """
     servicers = servicers or {}
-    # The batch threads hand results back to the event loop: a short switch interval lets
-    # the thread holding the GIL yield it sooner, instead of after Python's default 5 ms.
-    sys.setswitchinterval(settings.serving.switch_interval_ms / 1000)
     limit = settings.serving.max_message_bytes
     server = grpc.aio.server(
         interceptors=interceptors(settings),

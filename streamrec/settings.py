@@ -174,9 +174,6 @@ class ServingSettings(BaseModel):
     # the worker thread: fastest for a lone request); larger ones in the worker thread, so
     # the loop keeps taking calls in meanwhile and batches grow under load.
     forward_on_loop_below: int = 2
-    # Python's GIL switch interval in the server (ms; Python's default is 5): how long a
-    # thread that wants the GIL (a batch done, a call arrived) may wait for the one holding it.
-    switch_interval_ms: float = 0.5
     # Vector index over item vectors: "flat" (exact inner product), "ivf", "hnsw", or
     # "auto": flat below `index_auto_approximate_from` items, hnsw from there on.
     index: str = "auto"
@@ -184,7 +181,7 @@ class ServingSettings(BaseModel):
     ivf_lists: int = 256
     ivf_probe: int = 16
     hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
     # faiss (OpenMP) threads of a search; 0: faiss's default (all cores). One, as for torch:
     # a micro-batch's search is too small to split, and idle OpenMP threads spin on the cores.
     index_threads: int = 1
