@@ -134,8 +134,14 @@ def top_k(served: ServingModel, vector: np.ndarray, query: Query, found=None):
         order = np.argsort(-scores, kind="stable")[: query.k]
         return pool[order], scores[order]
     indices, scores = found
-    keep = [j for j, index in enumerate(indices) if index > 0 and index not in query.excluded]
-    keep = keep[: query.k]
+    # Python ints (not numpy scalars) against the set, and no further than the k-th kept:
+    # the search is `k + excluded` deep, and most of it is not needed.
+    keep = []
+    for j, index in enumerate(indices.tolist()):
+        if index > 0 and index not in query.excluded:
+            keep.append(j)
+            if len(keep) == query.k:
+                break
     return indices[keep], scores[keep]
 
 

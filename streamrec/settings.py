@@ -196,12 +196,17 @@ class ServingSettings(BaseModel):
     # the worker thread: fastest for a lone request); larger ones in the worker thread, so
     # the loop keeps taking calls in meanwhile and batches grow under load.
     forward_on_loop_below: int = 2
-    # Vector index over item vectors: "flat" (exact inner product), "ivf" or "hnsw".
-    index: str = "flat"
+    # Vector index over item vectors: "flat" (exact inner product), "ivf", "hnsw", or
+    # "auto": flat below `index_auto_approximate_from` items, hnsw from there on.
+    index: str = "auto"
+    index_auto_approximate_from: int = 200_000
     ivf_lists: int = 256
     ivf_probe: int = 16
     hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
+    # faiss (OpenMP) threads of a search; 0: faiss's default (all cores). One, as for torch:
+    # a micro-batch's search is too small to split, and idle OpenMP threads spin on the cores.
+    index_threads: int = 1
     use_gpu_index: bool = True  # faiss-gpu, when installed and a GPU is there
     # Cold start: the most interacted items within this window before the newest interaction.
     popular_window_s: float = 7 * 24 * 3600.0
