@@ -85,7 +85,7 @@ class StreamSettings(BaseModel):
 
     app_id: str = "streamrec-stream"
     sequence_length: int = 50
-    sink_batch_size: int = 5000
+    sink_batch_size: int = 20000
     sink_flush_interval_s: float = 0.5
     max_event_bytes: int = 16 * 1024
     # Bytes of the original a dead letter carries at most; a larger original (the broker
