@@ -85,7 +85,7 @@ class StreamSettings(BaseModel):
 
     app_id: str = "streamrec-stream"
     sequence_length: int = 50
-    sink_batch_size: int = 5000
+    sink_batch_size: int = 20000
     sink_flush_interval_s: float = 0.5
     max_event_bytes: int = 16 * 1024
     # Bytes of the original a dead letter carries at most; a larger original (the broker
@@ -100,12 +100,18 @@ class StreamSettings(BaseModel):
     static_membership: bool = True
     # Training examples per Kafka message on the training-examples topic.
     examples_per_message: int = 200
+    # How long the worker's producer waits to fill a request: a batch's changelog
+    # writes and examples leave in a few large requests (the batch waits for them).
+    producer_linger_ms: int = 5
     max_clock_skew_s: int = 24 * 3600
     # Older events are refused: a backfill of older data goes straight to ClickHouse.
     max_event_age_s: int = 365 * 24 * 3600
     # The worker's web endpoints (/metrics, /health).
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # When set, the worker samples its threads' stacks and keeps a summary of where the
+    # time goes in this file (streams/profiling.py); for profiling, off in production.
+    profile_path: str = ""
 
 
 class WorkerSettings(BaseModel):

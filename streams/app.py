@@ -27,8 +27,11 @@ from streamrec.services import kafka_bootstrap
 from streamrec.settings import get_settings
 from streamrec.v1 import events_pb2
 from streams.identity import event_id_row, first_wins
+from streams.outbox import Outbox
 from streams.producer import now_ms
 from streams.sequences import apply_events
+from streams.sequences import decode as decode_sequence
+from streams.sequences import encode as encode_sequence
 from streams.sink import ClickHouseSink, interaction_row, item_row
 from streams.topics import KNOWN_ITEMS_TABLE, SEQUENCES_TABLE
 from streams.transport import App
@@ -64,6 +67,10 @@ app = App(
     topic_replication_factor=settings.kafka.replication_factor,
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
+    # A batch hands the producer thousands of changelog writes at once: large
+    # produce requests, a few milliseconds apart, instead of 16 KB ones.
+    producer_linger_ms=settings.streams.producer_linger_ms,
+    producer_max_batch_size=512 * 1024,
     broker_session_timeout=settings.streams.session_timeout_s,
     # Must exceed the batch size, or every batch waits out its time limit.
     stream_buffer_maxsize=2 * settings.streams.sink_batch_size,
@@ -76,12 +83,20 @@ raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_seriali
 interactions_topic = app.topic(settings.kafka.interactions_topic, **raw)
 items_topic = app.topic(settings.kafka.items_topic, **raw)
 dlq_topic = app.topic(settings.kafka.dlq_topic, **raw)
-examples_topic = app.topic(settings.kafka.training_examples_topic, **raw)
+examples_topic_name = settings.kafka.training_examples_topic
 knowledge_topic = app.topic(settings.kafka.knowledge_requests_topic, **raw)
 
 # Keyed like the source topics (user id, item id as text), so co-partitioned.
 # Their changelog topics are created beforehand by streams.topics.ensure_topics.
-sequences = app.Table(SEQUENCES_TABLE, default=None, partitions=settings.kafka.partitions)
+# The sequences are bytes (streams.sequences.encode) under the user id's bytes, so that
+# a batch writes their changelog itself (streams/outbox.py).
+sequences = app.Table(
+    SEQUENCES_TABLE,
+    default=None,
+    partitions=settings.kafka.partitions,
+    key_type=bytes,
+    value_type=bytes,
+)
 known_items = app.Table(KNOWN_ITEMS_TABLE, default=None, partitions=settings.kafka.partitions)
 
 sink = ClickHouseSink(settings)
@@ -138,16 +153,6 @@ def _table_set(table: faust.Table, partition: int, key: str, value) -> None:
     table.send_changelog(partition, key, value)
 
 
-def _send_examples(partition: int, examples: list) -> None:
-    """Training examples, several per message: a message per example would cost
-    faust's producer more than everything else the worker does."""
-    size = settings.streams.examples_per_message
-    for start in range(0, len(examples), size):
-        chunk = events_pb2.TrainingExampleBatch(examples=examples[start : start + size])
-        examples_topic.send_soon(key=None, value=chunk.SerializeToString(), partition=partition)
-    EXAMPLES_OUT.inc(len(examples))
-
-
 def _track_lag(events: list[faust.EventT]) -> None:
     last = {}
     for event in events:
@@ -199,6 +204,22 @@ def _exit_on_error():
         os._exit(1)
 
 
+class _ExampleMessages:
+    """One partition's training examples, `size` per message (a message per example
+    would cost the producer more than everything else), added in place."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.messages = [events_pb2.TrainingExampleBatch()]
+        self.count = 0
+
+    def add(self, **fields) -> None:
+        if len(self.messages[-1].examples) >= self.size:
+            self.messages.append(events_pb2.TrainingExampleBatch())
+        self.messages[-1].examples.add(**fields)
+        self.count += 1
+
+
 async def _handle_interactions(batch: list[faust.EventT]) -> None:
     """Validate, store, fold into the user sequences, emit training examples."""
     valid = await _valid_events(batch, events_pb2.InteractionEvent, interaction_problem)
@@ -217,25 +238,38 @@ async def _handle_interactions(batch: list[faust.EventT]) -> None:
         interaction_row(decoded, partition, offset, ingested_ms)
         for _, partition, offset, decoded in verdicts.keep
     ]
-    await loop.run_in_executor(None, sink.write_interactions, rows)
     ids = [event_id_row(stored, event_id, ingested_ms) for event_id, stored in verdicts.new_ids]
-    await loop.run_in_executor(None, sink.write_event_ids, ids)
+    # Two executor threads, two connections: the inserts run side by side.
+    stored = asyncio.gather(
+        loop.run_in_executor(None, sink.write_interactions, rows),
+        loop.run_in_executor(None, sink.write_event_ids, ids),
+    )
 
     by_user = defaultdict(list)
-    for event, _, _, decoded in verdicts.keep:
-        by_user[str(decoded.user_id)].append((event, decoded))
-    examples_by_partition = defaultdict(list)
+    for _, partition, offset, decoded in verdicts.keep:
+        by_user[decoded.user_id].append((partition, offset, decoded))
+    outbox = Outbox(app)
+    examples: dict[int, _ExampleMessages] = {}
+    size, length = settings.streams.examples_per_message, settings.streams.sequence_length
     for user, user_events in by_user.items():
-        partition = user_events[-1][0].message.partition
-        sequence, examples = apply_events(
-            sequences.get(user),
-            [(event.message.offset, decoded) for event, decoded in user_events],
-            settings.streams.sequence_length,
+        partition = user_events[-1][0]
+        if partition not in examples:
+            examples[partition] = _ExampleMessages(size)
+        key = str(user).encode()
+        sequence, _ = apply_events(
+            decode_sequence(sequences.data.get(key)),
+            [(offset, decoded) for _, offset, decoded in user_events],
+            length,
+            examples[partition],
         )
-        _table_set(sequences, partition, user, sequence)
-        examples_by_partition[partition].extend(examples)
-    for partition, examples in examples_by_partition.items():
-        _send_examples(partition, examples)
+        outbox.table_set(sequences, partition, key, encode_sequence(sequence))
+    for partition, messages in examples.items():
+        for message in messages.messages:
+            if message.examples:
+                outbox.send(examples_topic_name, None, message.SerializeToString(), partition)
+        EXAMPLES_OUT.inc(messages.count)
+    await stored
+    await outbox.flush()
     _track_lag(batch)
 
 

@@ -35,6 +35,9 @@ def stream_worker(
     settings = get_settings()
     ensure_topics(settings)
     from streams.app import app as faust_app
+    from streams.profiling import start_profiling
+
+    start_profiling(settings.streams.profile_path)
 
     if settings.streams.static_membership:
         from streams.membership import claim_instance_id

@@ -180,6 +180,11 @@ def test_every_setting_streams_app_passes_is_one_faust_knows():
         (faust.App.agent, ["self", "channel"], "streams/app.py declares its agents"),
         (faust.App.page, ["self", "path"], "streams/app.py serves /metrics and /health"),
         (faust.Topic.send_soon, ["self"], "the agents buffer their sends"),
+        (
+            aiokafka_driver.Producer.send,
+            ["self", "topic", "key", "value", "partition", "timestamp", "headers"],
+            "streams.outbox.Outbox.flush hands a batch's messages to the producer",
+        ),
         (Web.bytes, ["self", "value"], "/metrics answers with it"),
         (Web.json, ["self", "value"], "/health answers with it"),
         (faust.Worker.__init__, ["self", "app"], "`streamrec stream worker` runs the app"),
@@ -205,6 +210,15 @@ def test_the_keywords_streams_app_passes_exist():
     assert callable(faust.Worker.execute_from_commandline)
     assert inspect.isdatadescriptor(inspect.getattr_static(Collection, "data")), (
         "faust internal changed: Table.data (streams.app._table_set writes to it)"
+    )
+
+
+def test_a_table_of_bytes_logs_and_recovers_raw_bytes():
+    """streams.outbox writes the sequences' changelog itself, as raw bytes: faust must
+    read them back the same way on recovery."""
+    table = faust.App("contract-bytes").Table("t", key_type=bytes, value_type=bytes)
+    assert (table.key_serializer, table.value_serializer) == ("raw", "raw"), (
+        "faust internal changed: a table's serializers no longer follow key_type/value_type"
     )
 
 
