@@ -113,7 +113,7 @@ def test_up_detached_keeps_the_loop_live_until_down(tmp_path):
         **_small_system(tmp_path),
         # The online trainer publishes after a few steps, whatever its held-out figure
         # (a broken candidate is still refused): a new version comes within the test.
-        "STREAMREC_WORKERS__TRAINER_PUBLISH_EVERY_STEPS": "10",
+        "STREAMREC_WORKERS__TRAINER_PUBLISH_EVERY_EXAMPLES": "640",
         "STREAMREC_WORKERS__TRAINER_REGRESSION_TOLERANCE": "1.0",
     }
     result = _streamrec(*UP, "--detach", env=env)
