@@ -42,6 +42,8 @@ def status(
     Console(width=200).print(table)
     registry = report["registry"]
     print(f"registry: latest {registry['family']} version {registry['latest'] or 'none'}")
+    for failed in registry["failed"]:
+        print(f"  refused by a server: {failed['version']} ({failed['reason']})")
 
 
 def system_report(settings) -> dict:
@@ -123,13 +125,20 @@ def _running_job(settings, kind: str):
 
 
 def _registry_summary(settings) -> dict:
-    """The newest version of the served family in the registry. The versions the registry
-    marks as failed belong here too, once it records such marks."""
+    """The newest version of the served family in the registry, and the versions a server
+    refused (did not load, or failed its smoke check) with their reasons."""
+    from dataclasses import asdict
+
     from streamrec.registry import ModelRegistry
 
     family = settings.recommender.family
-    latest = ModelRegistry.from_settings(settings).latest(family)
-    return {"family": family, "latest": latest.version if latest else None}
+    registry = ModelRegistry.from_settings(settings)
+    latest = registry.latest(family)
+    return {
+        "family": family,
+        "latest": latest.version if latest else None,
+        "failed": [asdict(failed) for failed in registry.failed(family)],
+    }
 
 
 def _address(entry: dict) -> str:

@@ -38,3 +38,17 @@ def test_a_stale_pid_file_never_signals_another_process(tmp_path):
     assert planes.running() == {}
     planes.stop(TRAINER)  # we are still here
     assert not planes.pid_file(TRAINER).exists()
+
+
+def test_status_lists_the_versions_a_server_refused(tmp_path):
+    from streamrec.cli.system import _registry_summary
+    from streamrec.registry import ModelRegistry
+
+    settings = Settings(data_dir=tmp_path, registry={"root": str(tmp_path / "registry")})
+    registry = ModelRegistry.from_settings(settings)
+    family = settings.recommender.family
+    registry.mark_failed(family, "v000003", "scores are not finite")
+    summary = _registry_summary(settings)
+    assert [(f["version"], f["reason"]) for f in summary["failed"]] == [
+        ("v000003", "scores are not finite")
+    ]
