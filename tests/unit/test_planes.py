@@ -41,7 +41,7 @@ def test_a_stale_pid_file_never_signals_another_process(tmp_path):
 
 
 def test_status_lists_the_versions_a_server_refused(tmp_path):
-    from streamrec.cli.system import _registry_summary
+    from streamrec.commands.system import _registry_summary
     from streamrec.registry import ModelRegistry
 
     settings = Settings(data_dir=tmp_path, registry={"root": str(tmp_path / "registry")})

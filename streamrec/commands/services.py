@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail
 
 services_app = typer.Typer(help="The local Kafka and ClickHouse.", no_args_is_help=True)
 db_app = typer.Typer(help="The ClickHouse schema.", no_args_is_help=True)

@@ -1,5 +1,13 @@
-"""`streamrec up`, the composition of the whole system on one machine: the services, then
-each plane as a background process (`streamrec.services.planes`), showing what each did."""
+"""The `streamrec` command line: the composition root, and `streamrec up`.
+
+This is the one file of the kernel that imports the planes. Each plane keeps its
+own commands beside its code (`streams/cli.py`, `serving/cli.py`, `workers/cli/`),
+the kernel's are in `streamrec/commands/`, and this file puts them together with
+`up`, which runs the whole system on one machine: the services, then each plane
+as a background process (`streamrec.services.planes`), showing what each did.
+Plane code runs only inside the command that needs it, so `streamrec --help` stays
+fast and each plane keeps its own dependencies.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,20 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail, print_runs
+from serving import cli as serving_commands
+from streamrec import logs
+from streamrec.commands import jobs, services, system, users
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail, print_runs
+from streams import cli as stream_commands
+from workers import cli as worker_commands
+
+app = typer.Typer(help="streamrec: a streaming, online-learning recommender.", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(up)
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logs.configure(verbose)
 
 
 def up(
@@ -280,3 +296,12 @@ def _show_jobs(settings, planes, since: float) -> None:
         )
     else:
         console.print("online trainer: started, still loading its model")
+
+
+app.command()(up)
+for area in (system, users, services, stream_commands, worker_commands, jobs):
+    area.register(app)
+serving_commands.register(app, jobs.jobs_app)
+
+if __name__ == "__main__":  # `python -m streamrec.cli`: how planes and jobs are started
+    app()

@@ -1,4 +1,5 @@
-"""`streamrec serve`: the gRPC server of the serving plane."""
+"""`streamrec serve` (the gRPC server of the serving plane) and `streamrec jobs page` (the
+ops status page it serves)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail, with_overrides
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail, with_overrides
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, jobs_app: typer.Typer) -> None:
     app.command()(serve)
+    jobs_app.command("page")(jobs_page)
 
 
 def serve(
@@ -48,3 +50,17 @@ def serve(
         console.print("stopped")
     except (OSError, RuntimeError) as error:
         fail(str(error))
+
+
+def jobs_page(
+    port: Annotated[int | None, typer.Option(help="Port of the status page.")] = None,
+) -> None:
+    """The status page of recent runs (and /metrics of their figures)."""
+    import asyncio
+
+    from serving.ops import run_status_page
+
+    try:
+        asyncio.run(run_status_page(with_overrides(get_settings(), "ops", page_port=port)))
+    except KeyboardInterrupt:
+        console.print("stopped")

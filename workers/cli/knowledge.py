@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail, with_overrides
-from streamrec.cli.worker import run_knowledge
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail, with_overrides
+from workers.cli.worker import run_knowledge
 
 knowledge_app = typer.Typer(help="LLM item knowledge.", no_args_is_help=True)
 

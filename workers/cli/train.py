@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, epoch_printer, fail, recorded, with_overrides
 from streamrec.settings import get_settings
+from streamrec.terminal import console, epoch_printer, fail, recorded, with_overrides
 
 genrec_app = typer.Typer(help="GenRec: generative recommendation with BART.", no_args_is_help=True)
 recsysllm_app = typer.Typer(

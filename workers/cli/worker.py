@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail
 
 worker_app = typer.Typer(help="Training and knowledge workers.", no_args_is_help=True)
 

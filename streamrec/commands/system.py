@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console
 from streamrec.settings import get_settings
+from streamrec.terminal import console
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Job runs, for ops: list them, show one, and the status page."""
+"""Job runs, for ops: list them and show one (`jobs page`, the status page, is serving's)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail, print_runs, with_overrides
 from streamrec.settings import get_settings
+from streamrec.terminal import fail, print_runs
 
 jobs_app = typer.Typer(help="Job runs, for ops.", no_args_is_help=True)
 
@@ -53,18 +53,3 @@ def jobs_show(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> N
     if run is None:
         fail(f"no job run {run_id}")
     print(json.dumps(run.as_dict(), indent=1))
-
-
-@jobs_app.command("page")
-def jobs_page(
-    port: Annotated[int | None, typer.Option(help="Port of the status page.")] = None,
-) -> None:
-    """The status page of recent runs (and /metrics of their figures)."""
-    import asyncio
-
-    from serving.ops import run_status_page
-
-    try:
-        asyncio.run(run_status_page(with_overrides(get_settings(), "ops", page_port=port)))
-    except KeyboardInterrupt:
-        console.print("stopped")

@@ -1,4 +1,5 @@
-"""The stream plane's commands: the faust worker, and replaying a dataset into Kafka."""
+"""The stream plane's commands: the faust worker, replaying a dataset into Kafka, and
+sending a user's events as an app would (the producer SDK)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail
 from streamrec.settings import get_settings
+from streamrec.terminal import console, fail
 
 stream_app = typer.Typer(help="The stream plane.", no_args_is_help=True)
 
@@ -16,6 +17,7 @@ stream_app = typer.Typer(help="The stream plane.", no_args_is_help=True)
 def register(app: typer.Typer) -> None:
     app.add_typer(stream_app, name="stream")
     app.command()(replay)
+    app.command()(send)
 
 
 @stream_app.command("worker")
@@ -71,3 +73,20 @@ def replay(
     ensure_topics(settings)
     summary = replay_dataset(settings, dataset, rate=rate, speedup=speedup, limit=limit)
     console.print(summary.describe())
+
+
+def send(
+    user_id: Annotated[int, typer.Argument(help="The user's id.")],
+    item_ids: Annotated[list[int], typer.Argument(help="Item ids, in the order they happened.")],
+    event_type: Annotated[str, typer.Option(help="view, click, purchase, rating, ...")] = "click",
+) -> None:
+    """Send one interaction event per item to the interactions topic, as an app would."""
+    from streams.producer import InteractionProducer
+
+    try:
+        with InteractionProducer.from_settings(get_settings()) as events:
+            for item_id in item_ids:
+                events.send(user_id=user_id, item_id=item_id, event_type=event_type)
+    except (ValueError, RuntimeError) as error:
+        fail(str(error))
+    console.print(f"sent {len(item_ids)} {event_type} events for user {user_id}")

@@ -1,5 +1,6 @@
-"""An app's side of the loop, from the terminal: send a user's events (the producer SDK),
-read the history the server reads (ClickHouse), ask for their recommendations (gRPC)."""
+"""An app's side of the loop, from the terminal: read the history the server reads
+(ClickHouse) and ask for a user's recommendations (gRPC); `send` (streams/cli.py) sends
+their events."""
 
 from __future__ import annotations
 
@@ -8,31 +9,13 @@ from typing import Annotated
 
 import typer
 
-from streamrec.cli.common import console, fail
 from streamrec.settings import get_settings
+from streamrec.terminal import fail
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(send)
     app.command()(history)
     app.command()(recommend)
-
-
-def send(
-    user_id: Annotated[int, typer.Argument(help="The user's id.")],
-    item_ids: Annotated[list[int], typer.Argument(help="Item ids, in the order they happened.")],
-    event_type: Annotated[str, typer.Option(help="view, click, purchase, rating, ...")] = "click",
-) -> None:
-    """Send one interaction event per item to the interactions topic, as an app would."""
-    from streams.producer import InteractionProducer
-
-    try:
-        with InteractionProducer.from_settings(get_settings()) as events:
-            for item_id in item_ids:
-                events.send(user_id=user_id, item_id=item_id, event_type=event_type)
-    except (ValueError, RuntimeError) as error:
-        fail(str(error))
-    console.print(f"sent {len(item_ids)} {event_type} events for user {user_id}")
 
 
 def history(
