@@ -14,13 +14,10 @@ worker) as the consumer group `workers.trainer_group`, and:
 - grows the item tables when an example names an item the model has never
   seen (its input initialised from its ClickHouse `item_knowledge` vector
   through the fusion layer, when there is one);
-- every N examples trained or T seconds (a schedule, not every step) evaluates
-  the candidate and the last published model on the held-out examples under the
-  evaluation protocol
-  (`models.metrics`), and publishes the candidate only when its scores are
-  sane (no NaN, not constant) and its NDCG@10 does not regress beyond the
-  tolerance; otherwise the candidate is
-  dropped and training restarts from the published weights. When another job
+- every N examples trained or T seconds (a schedule, not every step) puts the
+  candidate through the gate (`workers.trainer_gate`: sane held-out scores, no
+  NDCG@10 regression beyond the tolerance) and publishes it, or drops it and
+  restarts from the published weights. When another job
   (the knowledge job, alignment) has published a newer version meanwhile, the
   trainer continues from that version instead of overwriting it.
 
@@ -51,8 +48,6 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
 from models.device import resolve_device
-from models.metrics import ndcg
-from models.training import RankingTask, screened_ranks
 from streamrec.db import connect
 from streamrec.jobs import JobRecorder
 from streamrec.services import kafka_bootstrap
@@ -65,8 +60,8 @@ from workers.trainer_examples import (
     is_held_out,
     pack,
     replay_chains,
-    to_tensors,
 )
+from workers.trainer_gate import Decision, heldout_ndcg, rejection
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +84,6 @@ NEW_ITEMS = Counter("streamrec_trainer_new_items_total", "Items added to the mod
 
 # Offsets saved in a version's metadata under this key: {topic: {partition: next offset}}.
 OFFSETS_KEY = "kafka_offsets"
-CUTOFF = 10
 # Seconds between updates of the examples/s and lag figures (each asks the broker for
 # the partitions' end offsets).
 FIGURES_EVERY_S = 2.0
@@ -105,32 +99,6 @@ class CycleStats:
     sequences: int = 0
     losses: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Decision:
-    published: bool
-    version: str | None
-    metrics: dict
-    # Set when another job published first: the cycle's candidate was dropped for that version.
-    rebased_on: str | None = None
-    # Why the candidate was rejected (NaN or constant scores, or a regression).
-    reason: str | None = None
-
-
-def heldout_ndcg(
-    model: torch.nn.Module, examples: list[Example], max_len: int
-) -> tuple[float, str | None]:
-    """NDCG@10 of `examples` under the protocol (every item ranked, padding and the items of
-    each example's history masked, ties and NaN pessimistic), and why the model must not be
-    published whatever its ranks say (NaN or constant scores), else None."""
-    if not examples:
-        return 0.0, None
-    histories, lengths, targets = to_tensors(examples, max_len, "cpu")
-    task = RankingTask(histories, lengths, targets, [example.history for example in examples])
-    ranks, problem = screened_ranks(model, task, batch_size=256)
-    model.train()
-    return ndcg(ranks, CUTOFF), problem
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
@@ -421,14 +389,8 @@ class OnlineTrainer:
         }
         HELDOUT_NDCG.set(candidate)
         EXAMPLES_PER_S.set(metrics["examples_per_s"])
-        tolerance = self.config.trainer_regression_tolerance
-        if problem or candidate < published - tolerance:
-            reason = (
-                f"candidate rejected: {problem} on the held-out examples"
-                if problem
-                else f"candidate rejected: held-out NDCG@10 {candidate:.4f} below the "
-                f"published {published:.4f} minus the tolerance {tolerance}"
-            )
+        reason = rejection(candidate, published, problem, self.config.trainer_regression_tolerance)
+        if reason:
             VERSIONS.labels("rejected").inc()
             log.warning("%s", reason)
             self.model = copy.deepcopy(self.baseline)

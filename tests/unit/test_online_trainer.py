@@ -8,14 +8,9 @@ import torch
 
 from streamrec.registry import ModelRegistry
 from streamrec.settings import Settings
-from workers.trainer import (
-    CycleStats,
-    Example,
-    OnlineTrainer,
-    heldout_ndcg,
-    is_held_out,
-    to_tensors,
-)
+from workers.trainer import CycleStats, OnlineTrainer
+from workers.trainer_examples import Example, is_held_out, to_tensors
+from workers.trainer_gate import heldout_ndcg
 
 N_ITEMS = 15
 
