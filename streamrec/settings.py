@@ -88,9 +88,8 @@ class StreamSettings(BaseModel):
     sink_batch_size: int = 20000
     sink_flush_interval_s: float = 0.5
     max_event_bytes: int = 16 * 1024
-    # Bytes of the original a dead letter carries at most; a larger original (the broker
-    # accepts up to ~1 MB, as much as the worker's own producer sends) is cut to this, its
-    # size and SHA-256 kept, so that the letter itself can always be written.
+    # Bytes of the original a dead letter carries at most: a larger one (up to the broker's
+    # ~1 MB) is cut, its size and SHA-256 kept, so that the letter can always be sent.
     dead_letter_payload_bytes: int = 256 * 1024
     # A worker that dies without leaving its group holds its partitions this long:
     # the time a restarted or surviving worker waits before taking them over.
