@@ -3,10 +3,14 @@ launcher and polling live in `streamrec.services.children`)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
 
+import grpc
+
+from serving.server import start_server
 from streamrec.db import connect, migrate
 from streamrec.settings import Settings
 
@@ -59,3 +63,16 @@ def store_history(settings, user_id: int, items: list[int], prefix: str) -> None
         rows,
     )
     client.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, servicers: dict):
+    """`servicers` served on loopback, and a channel to them: (server, channel); the
+    channel is closed and the server stopped after."""
+    server, port = await start_server(settings, servicers)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield server, channel
+    finally:
+        await channel.close()
+        await server.stop(None)

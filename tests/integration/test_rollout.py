@@ -9,16 +9,15 @@ import asyncio
 import contextlib
 import urllib.request
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.server import GENREC, OPS, RECOMMENDER, RECSYSLLM, build_servicers, start_server
+from serving.server import GENREC, OPS, RECOMMENDER, RECSYSLLM, build_servicers
 from streamrec.registry import ModelRegistry
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
-from tests.integration.helpers import server_settings, store_history
+from tests.integration.helpers import served, server_settings, store_history
 from tests.unit.recommender_helpers import TINY_SASREC
 
 pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
@@ -66,14 +65,8 @@ def rollout_settings(services, tmp_path):
 
 @contextlib.asynccontextmanager
 async def _server(settings, names=None):
-    servicers = build_servicers(settings, names)
-    server, port = await start_server(settings, servicers)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with served(settings, build_servicers(settings, names)) as (_, channel):
         yield channel
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def _health(channel, service: str):

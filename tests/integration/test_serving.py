@@ -30,6 +30,7 @@ from streamrec.settings import Settings
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
 from streams.producer import InteractionProducer, now_ms
 from streams.topics import ensure_topics
+from tests.integration.helpers import served
 
 ITEMS = list(range(101, 131))  # external item ids; model indices 1..30
 NEW_ITEM = 131  # has knowledge, no interaction: added to the model by extend_items
@@ -161,16 +162,11 @@ async def _serving(settings: Settings):
     """A RecommenderService on loopback: the server, its servicer and a stub on a channel to
     it; the channel is closed and the server stopped after."""
     from serving.recommender import RecommenderServicer
-    from serving.server import RECOMMENDER, start_server
+    from serving.server import RECOMMENDER
 
     servicer = RecommenderServicer(settings)
-    server, port = await start_server(settings, {RECOMMENDER: servicer})
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with served(settings, {RECOMMENDER: servicer}) as (server, channel):
         yield server, servicer, recommender_pb2_grpc.RecommenderServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 def _ids(reply) -> list[int]:

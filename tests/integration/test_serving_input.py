@@ -14,9 +14,9 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from serving.server import build_servicers, start_server
+from serving.server import build_servicers
 from streamrec.v1 import genrec_pb2, ops_pb2, recommender_pb2, recsysllm_pb2
-from tests.integration.helpers import server_settings
+from tests.integration.helpers import served, server_settings
 
 # (full method, a valid request whose last field is cut by the truncation)
 METHODS = [
@@ -59,13 +59,8 @@ def input_settings(services, tmp_path_factory):
 
 @contextlib.asynccontextmanager
 async def _server(settings):
-    server, port = await start_server(settings, build_servicers(settings))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with served(settings, build_servicers(settings)) as (_, channel):
         yield channel
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 async def _raw_call(channel, method: str, payload: bytes, metadata=None):

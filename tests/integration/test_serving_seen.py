@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import grpc
 import numpy as np
 import pytest
 import torch
 
 from streamrec.registry import ModelRegistry
 from streamrec.v1 import recommender_pb2, recommender_pb2_grpc
-from tests.integration.helpers import server_settings, store_history
+from tests.integration.helpers import served, server_settings, store_history
 from tests.unit.recommender_helpers import TINY_SASREC
 
 pytestmark = pytest.mark.usefixtures("torch_on_one_thread")
@@ -50,16 +49,11 @@ def seen_settings(services, tmp_path_factory):
 @contextlib.asynccontextmanager
 async def _serving(settings):
     from serving.recommender import RecommenderServicer
-    from serving.server import RECOMMENDER, start_server
+    from serving.server import RECOMMENDER
 
     servicer = RecommenderServicer(settings)
-    server, port = await start_server(settings, {RECOMMENDER: servicer})
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with served(settings, {RECOMMENDER: servicer}) as (_, channel):
         yield servicer, recommender_pb2_grpc.RecommenderServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(None)
 
 
 def _ids(reply) -> list[int]:
