@@ -135,13 +135,13 @@ def test_every_family_gives_the_same_figures_for_the_same_ranks():
     from models.training import RankingTask
     from models.training import evaluate as sequential_evaluate
     from streamrec.settings import GenRecSettings
-    from workers import genrec_training, trainer
+    from workers import genrec_training, trainer_examples, trainer_gate
     from workers.alignment.job import evaluate as alignment_evaluate
 
     model, examples = TableRecommender(), known_examples()
     # Models read a window of 3 items; the protocol masks the whole history.
-    histories, lengths, targets = trainer.to_tensors(
-        [trainer.Example(history, target) for history, target in examples], 3, "cpu"
+    histories, lengths, targets = trainer_examples.to_tensors(
+        [trainer_examples.Example(history, target) for history, target in examples], 3, "cpu"
     )
     masked = [[i for i in history if i != target] for history, target in examples]
     task = RankingTask(histories, lengths, targets, masked)
@@ -149,8 +149,8 @@ def test_every_family_gives_the_same_figures_for_the_same_ranks():
     sequential = sequential_evaluate(model, task)
     assert 0.2 < sequential["hr@20"] < 0.9 and sequential["ndcg@10"] > 0  # hits and misses
     assert alignment_evaluate(model, task) == sequential
-    held_out = [trainer.Example(history, target) for history, target in examples]
-    assert trainer.heldout_ndcg(model, held_out, 3) == (sequential["ndcg@10"], None)
+    held_out = [trainer_examples.Example(history, target) for history, target in examples]
+    assert trainer_gate.heldout_ndcg(model, held_out, 3) == (sequential["ndcg@10"], None)
     genrec = genrec_training.evaluate(
         model,
         [genrec_training.Example(0, tuple(history), None, t) for history, t in examples],
