@@ -1,19 +1,22 @@
 """Recent histories and seen-item sets from ClickHouse, behind caches.
 
-The recent history (what the model reads) has a short TTL (seconds): a user who
-just clicked sees it reflected as soon as the stream worker has stored the event
-and the entry expires. The seen set (every item of the user's whole history,
-which serving leaves out) is read once per user and then kept current by those
-recent reads: a re-read window that overlaps what the set holds adds its new
-items; one that may have skipped events (more new events than the window holds)
-drops the set, to be read again. A user whose whole history fits the window needs
-no second query at all. Cache misses of concurrent requests are read in one
-`IN (...)` query (micro-batched), each reader on its own connection in its own
-thread, as clickhouse-driver requires.
+The recent history (what the model reads) is cached per user until the stream
+worker says, on `history-updates`, that the user's new events are stored
+(serving/history_updates.py): a user who just clicked sees it reflected in the
+next answer, and a user who did nothing costs no ClickHouse read. While that
+topic is not heard, entries live only `history_cache_ttl_s` (seconds). The seen
+set (every item of the user's whole history, which serving leaves out) is read
+once per user and then kept current by those recent reads: a re-read window that
+overlaps what the set holds adds its new items; one that may have skipped events
+(more new events than the window holds) drops the set, to be read again. A user
+whose whole history fits the window needs no second query at all. Cache misses
+of concurrent requests are read in one `IN (...)` query (micro-batched), each
+reader on its own connection in its own thread, as clickhouse-driver requires.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from serving.batching import MicroBatcher
+from serving.history_updates import HistoryUpdates
 from serving.kit import DeadlinePassed
 from streamrec.history import HistoryEntry, HistoryStore
 from streamrec.settings import Settings
@@ -43,6 +47,7 @@ class HistoryCache:
         serving = settings.serving
         self.length = serving.history_length
         self.ttl_s = serving.history_cache_ttl_s
+        self.updated_ttl_s = serving.history_updates_ttl_s
         self.capacity = serving.history_cache_size
         self.seen_ttl_s = serving.seen_cache_ttl_s
         self.seen_capacity = serving.seen_cache_size
@@ -52,6 +57,11 @@ class HistoryCache:
         self._settings = settings
         self._entries: OrderedDict[int, tuple[float, list[int]]] = OrderedDict()
         self._seen: OrderedDict[int, _Seen] = OrderedDict()
+        # Users being read now, and those of them an update named meanwhile: such a read
+        # may predate the new events, so its answer is used but not cached.
+        self._reading: dict[int, int] = {}
+        self._changed_while_read: set[int] = set()
+        self.updates = HistoryUpdates(settings, self.forget) if self.updated_ttl_s > 0 else None
         wait_s = serving.max_wait_ms / 1000
         self._reader = MicroBatcher(self._read, serving.max_batch, wait_s, stage="history")
         self._seen_reader = MicroBatcher(self._read_seen, serving.max_batch, wait_s, stage="seen")
@@ -82,15 +92,36 @@ class HistoryCache:
                 return entry[1]
         self._check_budget(context)
         self.misses += 1
-        window = await self._reader.submit(user_id)
+        self._reading[user_id] = self._reading.get(user_id, 0) + 1
+        try:
+            window = await self._reader.submit(user_id)
+        finally:
+            left = self._reading.pop(user_id) - 1
+            if left:
+                self._reading[user_id] = left
+            changed = user_id in self._changed_while_read
+            if not left:
+                self._changed_while_read.discard(user_id)
         self._merge_seen(user_id, window)
         items = [entry.item_id for entry in window]
-        if self.ttl_s > 0:
-            self._entries[user_id] = (time.monotonic() + self.ttl_s, items)
+        if self.ttl_s > 0 and not changed:
+            self._entries[user_id] = (time.monotonic() + self._ttl(), items)
             self._entries.move_to_end(user_id)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
         return items
+
+    def _ttl(self) -> float:
+        listening = self.updates is not None and self.updates.listening.is_set()
+        return self.updated_ttl_s if listening else self.ttl_s
+
+    def forget(self, user_ids: Sequence[int]) -> None:
+        """Drop the cached recent histories of these users (their new events are stored);
+        the next read of each also brings its seen set up to date."""
+        for user_id in user_ids:
+            self._entries.pop(user_id, None)
+            if user_id in self._reading:
+                self._changed_while_read.add(user_id)
 
     async def seen(self, user_id: int, context=None) -> frozenset[int]:
         entry = self._seen.get(user_id)
@@ -130,8 +161,11 @@ class HistoryCache:
         return items
 
     async def warm(self) -> None:
-        """Connect both readers now (in their threads), so that a client's first call does
-        not pay for the connections; ClickHouse down is a warning (reads connect later)."""
+        """Start hearing history updates, and connect both readers now (in their threads),
+        so that a client's first call does not pay for the connections; ClickHouse down is
+        a warning (reads connect later)."""
+        if self.updates is not None:
+            self.updates.start(asyncio.get_running_loop())
         try:
             await self._reader.submit(0)
             await self._seen_reader.submit(0)
@@ -139,6 +173,8 @@ class HistoryCache:
             log.warning("history reads not warmed up: %s", error)
 
     async def close(self) -> None:
+        if self.updates is not None:
+            await self.updates.stop()
         await self._reader.close()
         await self._seen_reader.close()
         for store in (self._store, self._seen_store):

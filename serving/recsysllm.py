@@ -58,7 +58,9 @@ def task_writer(served, settings: Settings) -> TaskWriter:
 
 
 def smoke_check(served, settings: Settings) -> None:
-    """Serve a version only if it rates a catalog item with finite scores."""
+    """Serve a version only if it rates a catalog item with finite scores and writes a
+    few explanation tokens (which also runs Explain's cached-step path once, before any
+    client's first call)."""
     if not served.titles:
         raise SmokeCheckFailed(f"{served.version} has no items")
     item = next(iter(served.titles))
@@ -70,6 +72,7 @@ def smoke_check(served, settings: Settings) -> None:
     scores = served.model.sequence_scores(ids, positions, answers)
     if not torch.isfinite(scores).all():
         raise SmokeCheckFailed(f"{served.version} gives scores that are not finite")
+    generate_text(served.model, ids, positions, served.trie.positions, 2)
 
 
 class RecSysLLMServicer(recsysllm_pb2_grpc.RecSysLLMServiceServicer):

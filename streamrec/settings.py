@@ -44,6 +44,9 @@ class KafkaSettings(BaseModel):
     training_examples_topic: str = "training-examples"
     knowledge_requests_topic: str = "knowledge-requests"
     model_updates_topic: str = "model-updates"
+    # The users whose stored history just changed (the stream worker, after each batch's
+    # rows are readable): servers drop those users' cached histories.
+    history_updates_topic: str = "history-updates"
     heap_mb: int = 512
     # The local broker: seconds from launch to answering a metadata request.
     start_timeout_s: float = 60.0
@@ -193,6 +196,11 @@ class ServingSettings(BaseModel):
     history_length: int = 50
     history_cache_ttl_s: float = 2.0
     history_cache_size: int = 100_000
+    # While the server hears `kafka.history_updates_topic`, a cached history is dropped as
+    # soon as the user's new events are stored, so it may live this long instead of
+    # `history_cache_ttl_s` (the bound on staleness should an update be missed); 0 turns
+    # listening off.
+    history_updates_ttl_s: float = 60.0
     # Seen items (the user's whole history, left out of answers unless include_seen): the
     # per-user set is read once, kept current by the recent-history reads, and re-read
     # after this many seconds (events stored late, with old timestamps); users cached.

@@ -5,9 +5,11 @@ per-event overhead would otherwise cap ingestion far below what Kafka and
 ClickHouse can take on two cores. Each batch is validated (bad events go to
 the dead-letter topic with the reason and their source position), stored in
 ClickHouse, folded into the per-user sequence table, and turned into
-training examples. Its offsets are acknowledged only when the agent asks for
-the next batch, i.e. after the rows are stored; messages to other topics are
-buffered (`send_soon`) and faust flushes them before it commits offsets.
+training examples; the users it stored are named on `history-updates`, so that
+servers drop their cached histories. Its offsets are acknowledged only when the
+agent asks for the next batch, i.e. after the rows are stored; messages to other
+topics go to the producer after the rows are stored (streams/outbox.py) and are
+acknowledged by the broker before the offsets are committed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ interactions_topic = app.topic(settings.kafka.interactions_topic, **raw)
 items_topic = app.topic(settings.kafka.items_topic, **raw)
 dlq_topic = app.topic(settings.kafka.dlq_topic, **raw)
 examples_topic_name = settings.kafka.training_examples_topic
+history_updates_topic_name = settings.kafka.history_updates_topic
 knowledge_topic = app.topic(settings.kafka.knowledge_requests_topic, **raw)
 
 # Keyed like the source topics (user id, item id as text), so co-partitioned.
@@ -250,9 +253,11 @@ async def _handle_interactions(batch: list[faust.EventT]) -> None:
         by_user[decoded.user_id].append((partition, offset, decoded))
     outbox = Outbox(app)
     examples: dict[int, _ExampleMessages] = {}
+    users_by_partition = defaultdict(list)
     size, length = settings.streams.examples_per_message, settings.streams.sequence_length
     for user, user_events in by_user.items():
         partition = user_events[-1][0]
+        users_by_partition[partition].append(user)
         if partition not in examples:
             examples[partition] = _ExampleMessages(size)
         key = str(user).encode()
@@ -268,6 +273,10 @@ async def _handle_interactions(batch: list[faust.EventT]) -> None:
             if message.examples:
                 outbox.send(examples_topic_name, None, message.SerializeToString(), partition)
         EXAMPLES_OUT.inc(messages.count)
+    for partition, users in users_by_partition.items():
+        # Sent with the rest at flush, i.e. once the rows below are readable.
+        update = events_pb2.HistoryUpdate(user_ids=users, timestamp_ms=ingested_ms)
+        outbox.send(history_updates_topic_name, None, update.SerializeToString(), partition)
     await stored
     await outbox.flush()
     _track_lag(batch)

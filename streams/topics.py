@@ -27,6 +27,7 @@ def topic_names(settings: Settings) -> list[str]:
         k.training_examples_topic,
         k.knowledge_requests_topic,
         k.model_updates_topic,
+        k.history_updates_topic,
     ]
 
 

@@ -133,6 +133,7 @@ def isolated_environment(launcher: LocalServices) -> dict[str, str]:
         "STREAMREC_KAFKA__TRAINING_EXAMPLES_TOPIC": f"training-examples-{suffix}",
         "STREAMREC_KAFKA__KNOWLEDGE_REQUESTS_TOPIC": f"knowledge-requests-{suffix}",
         "STREAMREC_KAFKA__MODEL_UPDATES_TOPIC": f"model-updates-{suffix}",
+        "STREAMREC_KAFKA__HISTORY_UPDATES_TOPIC": f"history-updates-{suffix}",
         "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "STREAMREC_CLICKHOUSE__HOST": settings.clickhouse.host,
         "STREAMREC_CLICKHOUSE__PORT": str(settings.clickhouse.port),

@@ -143,3 +143,11 @@ class ModelUpdate(_message.Message):
     path: str
     timestamp_ms: int
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+
+class HistoryUpdate(_message.Message):
+    __slots__ = ("user_ids", "timestamp_ms")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[int]
+    timestamp_ms: int
+    def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...

@@ -118,6 +118,7 @@ async def measure(settings: Settings, user_ids: list[int]) -> dict:
                     "code": code,
                     "first_ms": round(first_ms, 2),
                     "warm_ms": round(statistics.median(warm), 2),
+                    "slowest_warm_ms": round(max(warm), 2),
                     "imported": imported,
                     "longest_loop_gap_ms": round(stall_ms, 2),
                 }

@@ -19,8 +19,10 @@ def server_settings(
     base: Settings, folder: Path, prefix: str, serving: dict | None = None, **sections: dict
 ) -> Settings:
     """`base` for a server started in the test: a new database `<prefix>_<suffix>` (created),
-    a registry under `folder`, any port, a fast registry poll and no reload topic; `serving`
-    and `sections` (a settings section's name -> values) change more."""
+    a registry under `folder`, any port, a fast registry poll, no reload topic and no
+    history-updates topic (the tests store histories straight into ClickHouse, so only the
+    cache's TTL brings them in); `serving` and `sections` (a settings section's name ->
+    values) change more."""
     settings = base.model_copy(
         update={
             "clickhouse": base.clickhouse.model_copy(
@@ -32,6 +34,7 @@ def server_settings(
                     "port": 0,
                     "reload_poll_s": 0.3,
                     "reload_from_topic": False,
+                    "history_updates_ttl_s": 0,
                     "max_request_history": 40,
                     **(serving or {}),
                 }

@@ -1,6 +1,6 @@
-"""Nothing blocks the event loop: no method's first call imports a module (imports, model
-loads and the smoke checks' first forwards happen at start, off the loop), and a call
-whose deadline cannot cover a ClickHouse read makes none."""
+"""Nothing blocks the event loop: no method's first call imports a module or costs more than
+3x a warm call (imports, model loads and the smoke checks' first forwards happen at start,
+off the loop), and a call whose deadline cannot cover a ClickHouse read makes none."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def loop_settings(services, tmp_path_factory):
     return settings, folder / "settings.json"
 
 
-def test_no_first_call_of_any_method_imports_a_module(loop_settings):
+def test_no_first_call_of_any_method_imports_a_module_or_costs_3x_a_warm_one(loop_settings):
     _, settings_file = loop_settings
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.first_calls", str(settings_file), str(USER)],
@@ -80,6 +80,9 @@ def test_no_first_call_of_any_method_imports_a_module(loop_settings):
     for method, found in results.items():
         assert found["code"] == expected.get(method, "OK"), (method, found)
         assert found["imported"] == [], (method, found)
+        # Against the slowest of the warm calls: a shared machine's hiccup in one warm call
+        # is not the server's first-call cost, which (an import, a load) is 100x, not 3x.
+        assert found["first_ms"] <= 3 * found["slowest_warm_ms"], (method, found)
 
 
 def test_a_deadline_too_short_for_a_read_reads_no_history(loop_settings):

@@ -97,6 +97,30 @@ def test_every_event_is_stored_once_in_order_with_training_examples(stream_worke
     assert last.target_item_id == expected[1][-1]
 
 
+def test_the_users_of_a_batch_are_named_on_history_updates_once_readable(stream_worker):
+    settings = stream_worker.settings
+    stream_worker.start()
+    topic = settings.kafka.history_updates_topic
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, consumer_timeout_ms=200
+    )
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    sent = _send_clicks(settings, 70, users=7, prefix="u")
+    history = HistoryStore(settings)
+    named, deadline = set(), time.monotonic() + 90
+    while named != {event.user_id for event in sent} and time.monotonic() < deadline:
+        for record in consumer:
+            users = set(events_pb2.HistoryUpdate.FromString(record.value).user_ids)
+            # Read as soon as heard: a server re-reading now must find the new rows.
+            assert set(history.batch_recent(users, 1)) == users
+            named |= users
+    consumer.close()
+    history.close()
+    assert named == {event.user_id for event in sent}
+
+
 def test_malformed_events_go_to_the_dlq_and_good_ones_keep_flowing(stream_worker):
     settings = stream_worker.settings
     stream_worker.start()
