@@ -5,13 +5,17 @@ rejected model versions, and lag and dead-letter samples."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from streamrec.coverage import record_failures, record_target
 from streamrec.db import connect, migrate
@@ -197,3 +201,30 @@ def seed(settings: Settings, tmp_path: Path) -> Seeded:
     requests = [events_pb2.KnowledgeRequest(item_id=i).SerializeToString() for i in (9, 10, 11)]
     _produce(settings, settings.kafka.knowledge_requests_topic, requests)
     return Seeded(settings, run.run_id, running, lost, ("alignment", "knowledge", "trainer"))
+
+
+@pytest.fixture
+def seeded(services, tmp_path):
+    from streams.topics import ensure_topics
+
+    settings, _ = isolated_settings(services, tmp_path)
+    ensure_topics(settings)
+    return seed(settings, tmp_path)
+
+
+@pytest.fixture
+def ops_page(seeded):
+    """The status page served from a thread of this process on a free port."""
+    from serving.ops import start_status_page
+
+    settings = seeded.settings.model_copy(deep=True)
+    settings.ops.page_port = 0
+    settings.ops.sample_interval_s = 0  # the seeded samples only
+    loop = asyncio.new_event_loop()
+    runner, port = loop.run_until_complete(start_status_page(settings))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", seeded
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -16,16 +15,6 @@ import pytest
 from streamrec.coverage import knowledge_coverage
 from streamrec.ops_samples import DEAD_LETTERS, LAG, Sampler, history
 from tests.integration import ops_seed
-from tests.integration.ops_seed import seed
-
-
-@pytest.fixture
-def seeded(services, tmp_path):
-    from streams.topics import ensure_topics
-
-    settings, _ = ops_seed.isolated_settings(services, tmp_path)
-    ensure_topics(settings)
-    return seed(settings, tmp_path)
 
 
 def test_coverage_counts_the_catalog_the_covered_the_failed_and_the_waiting(seeded):
@@ -103,24 +92,6 @@ def test_the_rejection_ndcg_the_page_reads_is_the_one_the_trainer_writes():
     assert rejection(0.0421, 0.05, "NaN scores", 0.001) and not REJECTED_NDCG.search(
         rejection(0.0421, 0.05, "NaN scores", 0.001)
     )
-
-
-@pytest.fixture
-def ops_page(seeded):
-    """The status page served from a thread of this process on a free port."""
-    from serving.ops import start_status_page
-
-    settings = seeded.settings.model_copy(deep=True)
-    settings.ops.page_port = 0
-    settings.ops.sample_interval_s = 0  # the seeded samples only
-    loop = asyncio.new_event_loop()
-    runner, port = loop.run_until_complete(start_status_page(settings))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", seeded
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
 
 
 def test_the_page_metrics_export_the_coverage_figures(ops_page):
