@@ -180,26 +180,30 @@ class CoverageCollector:
     def collect(self):
         coverage = knowledge_coverage(self.settings)
         figures = (
-            ("catalog_items", "Items in the catalog", coverage.catalog_items),
+            ("streamrec_knowledge_catalog_items", "Items in the catalog", coverage.catalog_items),
             (
-                "covered_items",
+                "streamrec_knowledge_covered_items",
                 "Catalog items with knowledge for the current LLM and prompt versions",
                 coverage.covered_items,
             ),
-            ("coverage_ratio", "Share of the catalog with current knowledge", coverage.ratio),
             (
-                "failed_items",
+                "streamrec_knowledge_coverage_ratio",
+                "Share of the catalog with current knowledge",
+                coverage.ratio,
+            ),
+            (
+                "streamrec_knowledge_failed_items",
                 "Items lacking knowledge whose last knowledge attempt failed",
                 coverage.failed_items,
             ),
             (
-                "oldest_missing_age_seconds",
+                "streamrec_knowledge_oldest_missing_age_seconds",
                 "Seconds since the catalog update of the oldest item lacking knowledge",
                 coverage.oldest_missing_age_s,
             ),
         )
         for name, text, value in figures:
-            family = GaugeMetricFamily(f"streamrec_knowledge_{name}", text)
+            family = GaugeMetricFamily(name, text)
             family.add_metric([], value)
             yield family
         if coverage.pending_requests is not None:

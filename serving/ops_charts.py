@@ -80,7 +80,8 @@ def run_timeline(kind: str, runs: list, width=1000, height=120) -> str:
         y = pad_t + plot_h - plot_h * run.items_per_s / fastest
         points.append(f"{x + step * 0.35:.1f},{y:.1f}")
     line = (
-        f'<polyline points="{" ".join(points)}" fill="none" stroke="#1f6fb4" stroke-width="2" pointer-events="none"/>'
+        f'<polyline points="{" ".join(points)}" fill="none" stroke="#1f6fb4" '
+        'stroke-width="2" pointer-events="none"/>'
         if len(points) > 1
         else ""
     )

@@ -4,6 +4,7 @@ read exported by the code, and their thresholds the ones the status page draws."
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -77,9 +78,6 @@ def exported_metrics() -> set[str]:
     for package in ("streamrec", "streams", "workers", "serving"):
         for path in (ROOT / package).rglob("*.py"):
             names |= set(re.findall(r'"(streamrec_[a-z0-9_]+)', path.read_text()))
-    # The coverage collector builds its names from a prefix and a list.
-    coverage = (ROOT / "serving" / "ops.py").read_text()
-    names |= {f"streamrec_knowledge_{n}" for n in re.findall(r'\("([a-z_]+)",\s*\n?\s*"', coverage)}
     suffixed = {name + suffix for name in names for suffix in ("_total", "_bucket", "_count")}
     return names | suffixed
 
@@ -98,3 +96,33 @@ def test_the_thresholds_are_the_ones_the_status_page_draws():
     assert f"> {ops.success_alert_h['trainer']:g} * 3600" in found["TrainerStalled"]["expr"]
     assert f"< {ops.coverage_alert_ratio:g}" in found["KnowledgeCoverageLow"]["expr"]
     assert found["KnowledgeCoverageLow"]["for"] == "1h"
+
+
+def dashboards() -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in MONITORING.glob("*-dashboard.json")}
+
+
+def test_grafana_has_one_dashboard_per_plane_reading_only_exported_metrics():
+    boards = {board["uid"]: board for board in dashboards().values()}
+    assert set(boards) == {"streamrec-streams", "streamrec-jobs", "streamrec-serving"}
+    exported = exported_metrics()
+    for uid, board in boards.items():
+        ids = [panel["id"] for panel in board["panels"]]
+        assert len(ids) == len(set(ids)), f"{uid}: panel ids repeat"
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                unknown = set(METRIC.findall(target["expr"])) - exported
+                assert not unknown, f"{uid} / {panel['title']} reads {sorted(unknown)}"
+
+
+def test_kubernetes_monitoring_ships_every_rule_file_and_dashboard():
+    kustomization = yaml.safe_load(
+        (ROOT / "deploy" / "kubernetes" / "monitoring" / "kustomization.yaml").read_text()
+    )
+    shipped = {
+        Path(entry).name
+        for generator in kustomization["configMapGenerator"]
+        if generator["name"] in {"streamrec-alerts", "streamrec-dashboards"}
+        for entry in generator["files"]
+    }
+    assert shipped == {path.name for path in RULE_FILES} | set(dashboards())
