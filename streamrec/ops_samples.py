@@ -20,6 +20,9 @@ from streamrec.settings import Settings
 log = logging.getLogger(__name__)
 
 LAG, DEAD_LETTERS = "lag", "dead_letters"
+# Longest a sample reads the DLQ: a flood (or a first sample's backlog) is counted over
+# the next samples instead of holding this one.
+READ_LETTERS_S = 10.0
 
 
 def watched_groups(settings: Settings) -> list[tuple[str, str]]:
@@ -70,7 +73,8 @@ class Sampler:
         consumer = self._dlq()
         oldest_ms = (time.time() - self.settings.ops.history_h * 3600) * 1000
         counts: dict[str, int] = {}
-        while True:
+        deadline = time.monotonic() + READ_LETTERS_S
+        while time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=1000, max_records=5000)
             if not batches:
                 break
