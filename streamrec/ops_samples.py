@@ -50,19 +50,26 @@ class Sampler:
         self._thread: threading.Thread | None = None
 
     def _dlq(self):
+        """The DLQ consumer, once the topic exists (None before: no letters yet)."""
         if self._consumer is None:
             from kafka import KafkaConsumer
 
             from streamrec.services import kafka_bootstrap
 
-            self._consumer = KafkaConsumer(
-                self.settings.kafka.dlq_topic,
+            consumer = KafkaConsumer(
                 bootstrap_servers=kafka_bootstrap(self.settings),
                 group_id=self.settings.ops.sampler_group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 client_id="streamrec-ops-sampler",
             )
+            # Known before joining, as the trainer does: a group that joins before the
+            # topic's metadata arrived is assigned nothing, and kafka-python warns.
+            if not consumer.partitions_for_topic(self.settings.kafka.dlq_topic):
+                consumer.close(autocommit=False)
+                return None
+            consumer.subscribe([self.settings.kafka.dlq_topic])
+            self._consumer = consumer
         return self._consumer
 
     def dead_letters(self) -> dict[str, int]:
@@ -71,6 +78,8 @@ class Sampler:
         from streamrec.v1 import events_pb2
 
         consumer = self._dlq()
+        if consumer is None:
+            return {}
         oldest_ms = (time.time() - self.settings.ops.history_h * 3600) * 1000
         counts: dict[str, int] = {}
         deadline = time.monotonic() + READ_LETTERS_S

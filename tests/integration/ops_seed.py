@@ -38,6 +38,7 @@ log = logging.getLogger("workers.knowledge_job")
 @dataclass
 class Seeded:
     settings: Settings
+    environment: dict[str, str]  # selects the same database, topics and registry
     failed_run: str  # a failed knowledge run, with a log tail
     running_run: str
     lost_run: str
@@ -62,6 +63,10 @@ def isolated_settings(services, tmp_path: Path) -> tuple[Settings, dict[str, str
         "STREAMREC_CLICKHOUSE__PORT": str(settings.clickhouse.port),
         "STREAMREC_CLICKHOUSE__DATABASE": settings.clickhouse.database,
         "STREAMREC_REGISTRY__ROOT": settings.registry.root,
+        "STREAMREC_KAFKA__KNOWLEDGE_REQUESTS_TOPIC": settings.kafka.knowledge_requests_topic,
+        "STREAMREC_KAFKA__DLQ_TOPIC": settings.kafka.dlq_topic,
+        "STREAMREC_KNOWLEDGE__JOB_GROUP": settings.knowledge.job_group,
+        "STREAMREC_OPS__SAMPLER_GROUP": settings.ops.sampler_group,
     }
     return settings, environment
 
@@ -162,7 +167,7 @@ def _models(settings: Settings, tmp_path: Path, runs_client) -> None:
         )
 
 
-def seed(settings: Settings, tmp_path: Path) -> Seeded:
+def seed(settings: Settings, environment: dict[str, str], tmp_path: Path) -> Seeded:
     client = connect(settings)
     try:
         _catalog(client, hours_ago=30)
@@ -200,16 +205,17 @@ def seed(settings: Settings, tmp_path: Path) -> Seeded:
 
     requests = [events_pb2.KnowledgeRequest(item_id=i).SerializeToString() for i in (9, 10, 11)]
     _produce(settings, settings.kafka.knowledge_requests_topic, requests)
-    return Seeded(settings, run.run_id, running, lost, ("alignment", "knowledge", "trainer"))
+    kinds = ("alignment", "knowledge", "trainer")
+    return Seeded(settings, environment, run.run_id, running, lost, kinds)
 
 
 @pytest.fixture
 def seeded(services, tmp_path):
     from streams.topics import ensure_topics
 
-    settings, _ = isolated_settings(services, tmp_path)
+    settings, environment = isolated_settings(services, tmp_path)
     ensure_topics(settings)
-    return seed(settings, tmp_path)
+    return seed(settings, environment, tmp_path)
 
 
 @pytest.fixture

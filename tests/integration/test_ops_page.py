@@ -204,3 +204,34 @@ def test_a_run_page_that_does_not_exist_is_404(ops_page):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"{url}/runs/knowledge-nope", timeout=30)
     assert error.value.code == 404
+
+
+def test_jobs_page_as_a_process_serves_samples_and_logs_nothing_alarming(seeded, tmp_path):
+    """`streamrec jobs page` as ops run it: its sampler writes to ClickHouse, the page and
+    /metrics answer, and SIGTERM stops it with no warning, error or traceback logged."""
+    from streamrec.services import free_port
+    from streamrec.services.children import StreamrecProcess, wait_for
+
+    port = free_port()
+    environment = {
+        **seeded.environment,
+        "STREAMREC_OPS__PAGE_PORT": str(port),
+        "STREAMREC_OPS__SAMPLE_INTERVAL_S": "1",
+    }
+    page = StreamrecProcess(["jobs", "page"], environment, tmp_path / "page.log")
+    page.start()
+    try:
+
+        def sampled() -> bool:
+            return "all" in history(seeded.settings, DEAD_LETTERS, 0.05)
+
+        wait_for(sampled, 90, "the page's sampler to write a sample", page)
+        for path in ("/", "/metrics", f"/runs/{seeded.failed_run}"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as reply:
+                assert reply.status == 200
+    finally:
+        page.stop()
+    log = page.log()
+    assert "job status page on" in log
+    for word in ("WARNING", "ERROR", "Traceback"):
+        assert word not in log, log
