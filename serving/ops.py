@@ -1,19 +1,17 @@
-"""Ops: OpsService over gRPC, and a small status web page of recent job runs (and of the
-model versions servers refused).
+"""Ops: OpsService over gRPC, and the status web page (its HTML is serving/ops_page.py).
 
-Both read `job_runs` through `streamrec.jobs`, so what ops see here is what
-`streamrec jobs list` prints. The page also serves `/metrics`: the job figures
-computed from `job_runs`, so a job that ran as a short-lived process (a
-Kubernetes CronJob) is still seen by Prometheus and its alert rules.
+Both read `job_runs` through `streamrec.jobs` and the knowledge coverage through
+`streamrec.coverage`, so what ops see here is what `streamrec jobs list` prints. The
+page also serves `/metrics`: the job figures computed from `job_runs` and the coverage
+figures, so a job that ran as a short-lived process (a Kubernetes CronJob) is still seen
+by Prometheus and its alert rules; and it runs the sampler of lag and dead letters
+(`streamrec.ops_samples`) whose history it draws.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 import logging
-import time
 
 import grpc
 from aiohttp import web
@@ -21,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serving.kit import InvalidRequest, answer, check_deadline
+from serving.ops_page import gather, render_page, render_run
+from streamrec.coverage import Coverage, knowledge_coverage
 from streamrec.jobs import (
     FAILED,
     LOST,
@@ -28,11 +28,12 @@ from streamrec.jobs import (
     STOPPED,
     SUCCEEDED,
     JobRun,
+    get_log_tail,
     get_run,
     kind_summaries,
     list_runs,
 )
-from streamrec.registry import FailedVersion, ModelRegistry
+from streamrec.ops_samples import Sampler
 from streamrec.settings import Settings
 from streamrec.v1 import ops_pb2, ops_pb2_grpc
 
@@ -65,10 +66,30 @@ def run_to_proto(run: JobRun) -> ops_pb2.JobRun:
     )
 
 
+def coverage_to_proto(coverage: Coverage) -> ops_pb2.KnowledgeCoverage:
+    pending = coverage.pending_requests
+    return ops_pb2.KnowledgeCoverage(
+        llm_version=coverage.llm_version,
+        prompt_version=coverage.prompt_version,
+        catalog_items=coverage.catalog_items,
+        covered_items=coverage.covered_items,
+        pending_requests=-1 if pending is None else pending,
+        failed_items=coverage.failed_items,
+        oldest_missing_age_s=coverage.oldest_missing_age_s,
+        ratio=coverage.ratio,
+        failures=[
+            ops_pb2.KnowledgeFailure(
+                item_id=f.item_id, reason=f.reason, run_id=f.run_id, failed_ms=f.failed_ms
+            )
+            for f in coverage.failures
+        ],
+    )
+
+
 class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
-    """ListJobs and GetJob; ClickHouse reads run in a thread, off the event loop. String
-    fields are bounded by the serving kit (`serving.max_string_length`), and a failed read
-    is answered INTERNAL without its text (the server log has it)."""
+    """ListJobs, GetJob and GetCoverage; ClickHouse reads run in a thread, off the event
+    loop. String fields are bounded by the serving kit (`serving.max_string_length`), and a
+    failed read is answered INTERNAL without its text (the server log has it)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -78,6 +99,14 @@ class OpsServicer(ops_pb2_grpc.OpsServiceServicer):
 
     async def GetJob(self, request, context):
         return await answer("GetJob", self._get, request, context)
+
+    async def GetCoverage(self, request, context):
+        return await answer("GetCoverage", self._coverage, request, context)
+
+    async def _coverage(self, request, context):
+        check_deadline(context)
+        coverage = await asyncio.to_thread(knowledge_coverage, self.settings)
+        return coverage_to_proto(coverage)
 
     async def _list(self, request, context):
         if request.limit < 0 or request.limit > MAX_LIST_LIMIT:
@@ -142,120 +171,108 @@ class JobRunsCollector:
         yield from (last_success, duration, items_per_s, runs, failures)
 
 
-def _when(seconds: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if seconds else ""
+class CoverageCollector:
+    """The knowledge coverage figures (`streamrec.coverage`), read at each scrape."""
 
+    def __init__(self, settings: Settings):
+        self.settings = settings
 
-def served_families(settings: Settings) -> list[str]:
-    return [settings.recommender.family, settings.genrec.family, settings.recsysllm.family]
-
-
-def refused_versions(settings: Settings) -> list[FailedVersion]:
-    """Versions of the served families that servers refused (`ModelRegistry.failed`)."""
-    registry = ModelRegistry.from_settings(settings)
-    return [entry for family in served_families(settings) for entry in registry.failed(family)]
-
-
-def render_refused(refused: list[FailedVersion]) -> str:
-    rows = "\n".join(
-        f'<tr class="refused" data-version="{html.escape(f"{e.family}/{e.version}")}">'
-        + "".join(
-            f"<td>{html.escape(cell)}</td>" for cell in (e.family, e.version, e.failed_at, e.reason)
+    def collect(self):
+        coverage = knowledge_coverage(self.settings)
+        figures = (
+            ("streamrec_knowledge_catalog_items", "Items in the catalog", coverage.catalog_items),
+            (
+                "streamrec_knowledge_covered_items",
+                "Catalog items with knowledge for the current LLM and prompt versions",
+                coverage.covered_items,
+            ),
+            (
+                "streamrec_knowledge_coverage_ratio",
+                "Share of the catalog with current knowledge",
+                coverage.ratio,
+            ),
+            (
+                "streamrec_knowledge_failed_items",
+                "Items lacking knowledge whose last knowledge attempt failed",
+                coverage.failed_items,
+            ),
+            (
+                "streamrec_knowledge_oldest_missing_age_seconds",
+                "Seconds since the catalog update of the oldest item lacking knowledge",
+                coverage.oldest_missing_age_s,
+            ),
         )
-        + "</tr>"
-        for e in refused
-    )
-    body = rows or '<tr><td colspan="4">none</td></tr>'
-    return (
-        "<h2>Model versions refused by servers</h2>\n"
-        "<p>They did not load or failed the smoke check, so no server serves them.</p>\n"
-        '<table id="refused"><tr><th>family</th><th>version</th><th>refused (UTC)</th>'
-        f"<th>reason</th></tr>\n{body}\n</table>"
-    )
-
-
-def render_page(runs: list[JobRun], refresh_s: int, refused: list[FailedVersion] = ()) -> str:
-    """The status page: one table row per run, its status as text and as a colour; then the
-    model versions servers refused."""
-    header = (
-        "<tr><th>run</th><th>kind</th><th>status</th><th>started (UTC)</th><th>duration</th>"
-        "<th>ok</th><th>failed</th><th>skipped</th><th>items/s</th><th>LLM</th><th>error</th></tr>"
-    )
-    rows = []
-    for run in runs:
-        cells = (
-            run.run_id,
-            run.kind,
-            run.status,
-            _when(run.started_at),
-            f"{run.duration_s:.0f} s",
-            run.items_ok,
-            run.items_failed,
-            run.items_skipped,
-            f"{run.items_per_s:.2f}",
-            run.llm_version,
-            run.error,
-        )
-        tds = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells)
-        rows.append(
-            f'<tr class="run status-{run.status}" data-run-id="{html.escape(run.run_id)}" '
-            f'data-status="{run.status}">{tds}</tr>'
-        )
-    body = "\n".join(rows) or '<tr><td colspan="11">no runs yet</td></tr>'
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>streamrec jobs</title>
-<meta http-equiv="refresh" content="{refresh_s}">
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
-tr.status-succeeded td:nth-child(3) {{ color: #17803d; }}
-tr.status-failed td:nth-child(3), tr.status-lost td:nth-child(3) {{ color: #c0262d; }}
-tr.status-running td:nth-child(3) {{ color: #a66a00; }}
-</style></head>
-<body><h1>streamrec job runs</h1>
-<p>The {len(runs)} newest runs, newest first. Refreshes every {refresh_s} s.</p>
-<table id="runs">{header}
-{body}
-</table>
-{render_refused(list(refused))}
-</body></html>
-"""
+        for name, text, value in figures:
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+        if coverage.pending_requests is not None:
+            pending = GaugeMetricFamily(
+                "streamrec_knowledge_pending_requests",
+                "Requests on knowledge-requests the knowledge job has not read yet",
+            )
+            pending.add_metric([], coverage.pending_requests)
+            yield pending
 
 
 def status_page_app(settings: Settings) -> web.Application:
-    """`/` the page, `/api/runs` the same runs as JSON, `/metrics` the job figures."""
+    """`/` the page, `/runs/{run_id}` one run, `/api/runs` and `/api/coverage` as JSON,
+    `/metrics` the job and coverage figures; the lag and dead-letter sampler runs with it."""
     registry = CollectorRegistry()
     registry.register(JobRunsCollector(settings))
+    registry.register(CoverageCollector(settings))
+    sampler = Sampler(settings)
 
-    async def recent_runs(request: web.Request) -> list[JobRun]:
+    async def read(what: str, function, *args):
         try:
-            return await asyncio.to_thread(list_runs, settings, request.query.get("kind") or None)
+            return await asyncio.to_thread(function, settings, *args)
         except Exception as error:  # ClickHouse down: say so instead of a bare 500
-            log.warning("cannot read job runs: %s", error)
-            raise web.HTTPServiceUnavailable(text=f"cannot read job runs: {error}") from error
+            log.warning("cannot read %s: %s", what, error)
+            raise web.HTTPServiceUnavailable(text=f"cannot read {what}: {error}") from error
 
     async def page(request: web.Request) -> web.Response:
-        runs = await recent_runs(request)
-        refused = await asyncio.to_thread(refused_versions, settings)
+        data = await read("job runs", gather, request.query.get("kind") or None)
+        return web.Response(text=render_page(data, settings), content_type="text/html")
+
+    async def run_page(request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        run = await read("job runs", get_run, run_id)
+        if run is None:
+            raise web.HTTPNotFound(text=f"no job run {run_id}")
+        tail = await read("job logs", get_log_tail, run_id)
         return web.Response(
-            text=render_page(runs, settings.ops.page_refresh_s, refused), content_type="text/html"
+            text=render_run(run, tail, settings.ops.page_refresh_s), content_type="text/html"
         )
 
     async def api_runs(request: web.Request) -> web.Response:
-        runs = await recent_runs(request)
-        return web.Response(
-            text=json.dumps([run.as_dict() for run in runs]), content_type="application/json"
-        )
+        runs = await read("job runs", list_runs, request.query.get("kind") or None)
+        return web.json_response([run.as_dict() for run in runs])
+
+    async def api_coverage(request: web.Request) -> web.Response:
+        return web.json_response((await read("coverage", knowledge_coverage)).as_dict())
 
     async def metrics(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def start_sampler(app: web.Application) -> None:
+        sampler.start()
+
+    async def stop_sampler(app: web.Application) -> None:
+        await asyncio.to_thread(sampler.stop)
+
     app = web.Application()
     app.add_routes(
-        [web.get("/", page), web.get("/api/runs", api_runs), web.get("/metrics", metrics)]
+        [
+            web.get("/", page),
+            web.get("/runs/{run_id}", run_page),
+            web.get("/api/runs", api_runs),
+            web.get("/api/coverage", api_coverage),
+            web.get("/metrics", metrics),
+        ]
     )
+    app.on_startup.append(start_sampler)
+    app.on_cleanup.append(stop_sampler)
     return app
 
 

@@ -12,10 +12,15 @@ written a last time when it ends (``succeeded``; ``failed`` with the error;
 failure to alert on). ReplacingMergeTree keeps the newest write per run. A
 process killed with SIGKILL never writes its end, so a ``running`` row whose
 heartbeat is older than `ops.lost_after_s` is reported as ``lost``.
+
+While it runs, the recorder also keeps the last `ops.log_tail_lines` lines the
+process logged and writes them with each heartbeat to `job_logs`, so the status
+page shows why a run failed without anyone finding the pod or the log file.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -50,6 +55,29 @@ JOB_ITEMS_PER_S = Gauge(
 )
 JOB_RUNS = Counter("streamrec_job_runs_total", "Finished job runs", ["kind", "status"])
 JOB_FAILURES = Counter("streamrec_job_failures_total", "Failed job runs", ["kind"])
+
+
+class _LogTail(logging.Handler):
+    """The last lines logged in this process (any logger at INFO or above)."""
+
+    def __init__(self, lines: int):
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=max(1, lines))
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        self.changed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+            self.changed = True
+        except Exception:  # a log line that cannot be formatted must not break the job
+            self.handleError(record)
+
+    def text(self) -> str:
+        self.changed = False
+        return "\n".join(self.lines)
 
 
 @dataclass
@@ -110,9 +138,11 @@ class JobRecorder:
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._tail = _LogTail(settings.ops.log_tail_lines)
 
     def __enter__(self) -> JobRecorder:
         self._started = time.time()
+        logging.getLogger().addHandler(self._tail)
         self._write()
         self._heartbeat = threading.Thread(
             target=self._beat, name=f"job-heartbeat-{self.run_id}", daemon=True
@@ -157,6 +187,10 @@ class JobRecorder:
             self.error = f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__
         elif self.status == RUNNING:
             self.status = SUCCEEDED
+        logging.getLogger().removeHandler(self._tail)
+        if self.status == FAILED:
+            self._tail.lines.append(f"run failed: {self.error}")
+            self._tail.changed = True
         try:
             self._write()
         finally:
@@ -194,6 +228,11 @@ class JobRecorder:
             if self._client is None:
                 self._client = connect(self.settings)
             self._client.execute(f"INSERT INTO job_runs ({JOB_COLUMNS}) VALUES", [row])
+            if self._tail.changed:
+                self._client.execute(
+                    "INSERT INTO job_logs (run_id, kind, tail, updated_ms) VALUES",
+                    [(self.run_id, self.kind, self._tail.text(), int(now * 1000))],
+                )
 
 
 _SELECT = (
@@ -237,6 +276,36 @@ def get_run(settings: Settings, run_id: str) -> JobRun | None:
     finally:
         client.disconnect()
     return _as_run(rows[0], settings.ops.lost_after_s) if rows else None
+
+
+def get_log_tail(settings: Settings, run_id: str) -> str:
+    """The last lines the run logged ("" when it logged nothing)."""
+    client = connect(settings)
+    try:
+        rows = client.execute(
+            "SELECT argMax(tail, updated_ms) FROM job_logs WHERE run_id = %(run_id)s",
+            {"run_id": run_id},
+        )
+    finally:
+        client.disconnect()
+    return rows[0][0] if rows else ""
+
+
+def recent_runs_by_kind(settings: Settings, per_kind: int) -> dict[str, list[JobRun]]:
+    """Per kind, its newest `per_kind` runs, oldest first (the page's timelines)."""
+    client = connect(settings)
+    try:
+        rows = client.execute(
+            _SELECT + " ORDER BY kind, started_at DESC, run_id DESC LIMIT %(n)s BY kind",
+            {"n": per_kind},
+        )
+    finally:
+        client.disconnect()
+    runs: dict[str, list[JobRun]] = {}
+    for row in rows:
+        run = _as_run(row, settings.ops.lost_after_s)
+        runs.setdefault(run.kind, []).insert(0, run)
+    return runs
 
 
 def kind_summaries(settings: Settings) -> list[dict]:

@@ -39,24 +39,30 @@ LIBRARIES = (
 
 # Library warnings about their own routine retries and timings: the normal path raises
 # them and the operation then succeeds (a real failure still raises, and is reported).
-# Logger -> a fragment of the message.
+# Logger -> fragments of the messages.
 ROUTINE_WARNINGS = {
-    # kafka-python retries a metadata refresh while its connection is busy: our producers
-    # allow one request in flight per connection, for ordering.
-    "kafka.cluster": "No node available for metadata refresh",
+    "kafka.cluster": (
+        # kafka-python retries a metadata refresh while its connection is busy: our
+        # producers allow one request in flight per connection, for ordering.
+        "No node available for metadata refresh",
+        # A consumer closed while its background metadata refresh was in flight (the ops
+        # page's sampler as the page stops): the refresh is cancelled, nothing failed.
+        "Metadata refresh: failed Cancelled",
+    ),
     # kafka-python times each step of its network thread against a 0.1 s developer
     # threshold, which compressing a batch on a loaded machine passes.
-    "kafka.net.selector": "threshold). It is blocking the event loop",
+    "kafka.net.selector": ("threshold). It is blocking the event loop",),
 }
 
 
 class _DropRoutine(logging.Filter):
-    def __init__(self, fragment: str):
+    def __init__(self, fragments: tuple[str, ...]):
         super().__init__()
-        self.fragment = fragment
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
 
 
 def verbose_requested() -> bool:
@@ -77,12 +83,12 @@ def configure(verbose: bool = False) -> None:
     library_level = logging.INFO if verbose else logging.WARNING
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
-    for name, fragment in ROUTINE_WARNINGS.items():
+    for name, fragments in ROUTINE_WARNINGS.items():
         logger = logging.getLogger(name)
         for old in [f for f in logger.filters if isinstance(f, _DropRoutine)]:
             logger.removeFilter(old)
         if not verbose:
-            logger.addFilter(_DropRoutine(fragment))
+            logger.addFilter(_DropRoutine(fragments))
     # Read by transformers and huggingface_hub when they are imported (later, lazily), and by
     # gRPC's C core (its INFO lines, e.g. a peer's GOAWAY at shutdown, go to stderr).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")

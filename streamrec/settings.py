@@ -21,6 +21,7 @@ from streamrec.settings_llm import (
     KnowledgeSettings,
     RecSysLLMSettings,
 )
+from streamrec.settings_ops import OpsSettings
 
 
 def _default_cache_dir() -> Path:
@@ -286,30 +287,6 @@ class RegistrySettings(BaseModel):
     root: str = ""
     # Seconds an announcement on model-updates may take before the publisher gives up.
     announce_timeout_s: float = 10.0
-
-
-class OpsSettings(BaseModel):
-    """Job runs, scheduler, ops web page and alerts."""
-
-    # A running job rewrites its job_runs row this often (a heartbeat thread);
-    # a "running" row older than `lost_after_s` belongs to a killed process.
-    heartbeat_interval_s: float = 30.0
-    lost_after_s: float = 600.0
-    # `streamrec jobs list`, OpsService.ListJobs and the status page: newest runs shown.
-    list_limit: int = 50
-    # The status page (and its /metrics of job figures read from job_runs).
-    page_host: str = "127.0.0.1"
-    page_port: int = 8070
-    page_refresh_s: int = 30
-    # Scheduler: cron expression (UTC) of the daily knowledge job; hours between alignment runs.
-    knowledge_cron: str = "0 3 * * *"
-    alignment_interval_h: float = 6.0
-    # `streamrec up`: longest wait for the online trainer's first job run in its summary.
-    up_trainer_wait_s: float = 60.0
-    # A worker's own Prometheus endpoint (trainer, scheduler); port 0 turns it off.
-    # All interfaces by default: Prometheus scrapes it from another host or pod.
-    worker_metrics_host: str = "0.0.0.0"
-    worker_metrics_port: int = 9108
 
 
 class Settings(BaseSettings):

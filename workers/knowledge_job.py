@@ -146,6 +146,7 @@ class KnowledgeJob:
     def run_once(self) -> JobOutcome:
         from tqdm import tqdm
 
+        from streamrec.coverage import record_failures, record_target
         from streamrec.db import connect
         from streamrec.jobs import JobRecorder
 
@@ -156,6 +157,7 @@ class KnowledgeJob:
         cache = open_cache(self.settings, self.llm.version, self.template.version)
         try:
             with JobRecorder(self.settings, "knowledge", llm_version=self.llm.version) as run:
+                record_target(client, run.run_id, self.llm.version, self.template.version)
                 requested = set(self._drain_requests(consumer))
                 pending = self._missing_items(client)
                 pending_ids = {item.item_id for item in pending}
@@ -181,6 +183,14 @@ class KnowledgeJob:
                     except Exception as error:  # one bad batch must not lose the others
                         log.exception("knowledge for items %s failed", [i.item_id for i in chunk])
                         failures.append(f"{type(error).__name__}: {error}")
+                        record_failures(
+                            client,
+                            run.run_id,
+                            self.llm.version,
+                            self.template.version,
+                            [item.item_id for item in chunk],
+                            failures[-1],
+                        )
                         KNOWLEDGE_FAILED.inc(len(chunk))
                         run.progress(failed=len(chunk))
                     else:

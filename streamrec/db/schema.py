@@ -126,6 +126,60 @@ TABLES: tuple[Table, ...] = (
         order_by="(kind, run_id)",
     ),
     Table(
+        name="job_logs",
+        # The last lines a run logged (streamrec.jobs), rewritten with each heartbeat.
+        columns="""
+            run_id String,
+            kind String,
+            tail String,
+            updated_ms Int64
+        """,
+        version_column="updated_ms",
+        order_by="run_id",
+    ),
+    Table(
+        name="knowledge_targets",
+        # The LLM and prompt versions each knowledge run gives knowledge for: the newest
+        # is what coverage is measured against (streamrec/coverage.py).
+        columns="""
+            run_id String,
+            llm_version String,
+            prompt_version String,
+            started_ms Int64
+        """,
+        version_column="started_ms",
+        order_by="run_id",
+    ),
+    Table(
+        name="knowledge_failures",
+        # An item the knowledge job could not give knowledge, with the reason (the newest
+        # failure per item and versions is kept).
+        columns="""
+            item_id Int64,
+            llm_version String,
+            prompt_version String,
+            run_id String,
+            reason String,
+            failed_ms Int64
+        """,
+        version_column="failed_ms",
+        order_by="(llm_version, prompt_version, item_id)",
+        shard_key="item_id",
+    ),
+    Table(
+        name="ops_samples",
+        # The status page's sampler: consumer lag per group and dead letters per reason,
+        # one row per figure and sample, so the page can draw the last hours.
+        columns="""
+            figure String,
+            label String,
+            sampled_ms Int64,
+            value Float64
+        """,
+        version_column="sampled_ms",
+        order_by="(figure, label, sampled_ms)",
+    ),
+    Table(
         name="model_versions",
         columns="""
             model String,

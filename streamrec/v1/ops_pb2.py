@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16streamrec/v1/ops.proto\x12\x0cstreamrec.v1\"\xf0\x01\n\x06JobRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.streamrec.v1.JobStatus\x12\x12\n\nstarted_ms\x18\x04 \x01(\x03\x12\x13\n\x0b\x66inished_ms\x18\x05 \x01(\x03\x12\x10\n\x08items_ok\x18\x06 \x01(\x03\x12\x14\n\x0citems_failed\x18\x07 \x01(\x03\x12\x15\n\ritems_skipped\x18\x08 \x01(\x03\x12\x13\n\x0bitems_per_s\x18\t \x01(\x01\x12\x13\n\x0bllm_version\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\".\n\x0fListJobsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.streamrec.v1.JobRun\"\x1f\n\rGetJobRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\x9d\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x01\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11JOB_STATUS_FAILED\x10\x03\x12\x13\n\x0fJOB_STATUS_LOST\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05\x32\x94\x01\n\nOpsService\x12I\n\x08ListJobs\x12\x1d.streamrec.v1.ListJobsRequest\x1a\x1e.streamrec.v1.ListJobsResponse\x12;\n\x06GetJob\x12\x1b.streamrec.v1.GetJobRequest\x1a\x14.streamrec.v1.JobRunb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16streamrec/v1/ops.proto\x12\x0cstreamrec.v1\"\xf0\x01\n\x06JobRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.streamrec.v1.JobStatus\x12\x12\n\nstarted_ms\x18\x04 \x01(\x03\x12\x13\n\x0b\x66inished_ms\x18\x05 \x01(\x03\x12\x10\n\x08items_ok\x18\x06 \x01(\x03\x12\x14\n\x0citems_failed\x18\x07 \x01(\x03\x12\x15\n\ritems_skipped\x18\x08 \x01(\x03\x12\x13\n\x0bitems_per_s\x18\t \x01(\x01\x12\x13\n\x0bllm_version\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\".\n\x0fListJobsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.streamrec.v1.JobRun\"\x1f\n\rGetJobRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12GetCoverageRequest\"V\n\x10KnowledgeFailure\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tfailed_ms\x18\x04 \x01(\x03\"\xfd\x01\n\x11KnowledgeCoverage\x12\x13\n\x0bllm_version\x18\x01 \x01(\t\x12\x16\n\x0eprompt_version\x18\x02 \x01(\t\x12\x15\n\rcatalog_items\x18\x03 \x01(\x03\x12\x15\n\rcovered_items\x18\x04 \x01(\x03\x12\x18\n\x10pending_requests\x18\x05 \x01(\x03\x12\x14\n\x0c\x66\x61iled_items\x18\x06 \x01(\x03\x12\x1c\n\x14oldest_missing_age_s\x18\x07 \x01(\x01\x12\r\n\x05ratio\x18\x08 \x01(\x01\x12\x30\n\x08\x66\x61ilures\x18\t \x03(\x0b\x32\x1e.streamrec.v1.KnowledgeFailure*\x9d\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x01\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x02\x12\x15\n\x11JOB_STATUS_FAILED\x10\x03\x12\x13\n\x0fJOB_STATUS_LOST\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05\x32\xe6\x01\n\nOpsService\x12I\n\x08ListJobs\x12\x1d.streamrec.v1.ListJobsRequest\x1a\x1e.streamrec.v1.ListJobsResponse\x12;\n\x06GetJob\x12\x1b.streamrec.v1.GetJobRequest\x1a\x14.streamrec.v1.JobRun\x12P\n\x0bGetCoverage\x12 .streamrec.v1.GetCoverageRequest\x1a\x1f.streamrec.v1.KnowledgeCoverageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamrec.v1.ops_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATUS']._serialized_start=421
-  _globals['_JOBSTATUS']._serialized_end=578
+  _globals['_JOBSTATUS']._serialized_start=787
+  _globals['_JOBSTATUS']._serialized_end=944
   _globals['_JOBRUN']._serialized_start=41
   _globals['_JOBRUN']._serialized_end=281
   _globals['_LISTJOBSREQUEST']._serialized_start=283
@@ -41,6 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSRESPONSE']._serialized_end=385
   _globals['_GETJOBREQUEST']._serialized_start=387
   _globals['_GETJOBREQUEST']._serialized_end=418
-  _globals['_OPSSERVICE']._serialized_start=581
-  _globals['_OPSSERVICE']._serialized_end=729
+  _globals['_GETCOVERAGEREQUEST']._serialized_start=420
+  _globals['_GETCOVERAGEREQUEST']._serialized_end=440
+  _globals['_KNOWLEDGEFAILURE']._serialized_start=442
+  _globals['_KNOWLEDGEFAILURE']._serialized_end=528
+  _globals['_KNOWLEDGECOVERAGE']._serialized_start=531
+  _globals['_KNOWLEDGECOVERAGE']._serialized_end=784
+  _globals['_OPSSERVICE']._serialized_start=947
+  _globals['_OPSSERVICE']._serialized_end=1177
 # @@protoc_insertion_point(module_scope)

@@ -67,3 +67,41 @@ class GetJobRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetCoverageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KnowledgeFailure(_message.Message):
+    __slots__ = ("item_id", "reason", "run_id", "failed_ms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MS_FIELD_NUMBER: _ClassVar[int]
+    item_id: int
+    reason: str
+    run_id: str
+    failed_ms: int
+    def __init__(self, item_id: _Optional[int] = ..., reason: _Optional[str] = ..., run_id: _Optional[str] = ..., failed_ms: _Optional[int] = ...) -> None: ...
+
+class KnowledgeCoverage(_message.Message):
+    __slots__ = ("llm_version", "prompt_version", "catalog_items", "covered_items", "pending_requests", "failed_items", "oldest_missing_age_s", "ratio", "failures")
+    LLM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    COVERED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_MISSING_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    RATIO_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    llm_version: str
+    prompt_version: str
+    catalog_items: int
+    covered_items: int
+    pending_requests: int
+    failed_items: int
+    oldest_missing_age_s: float
+    ratio: float
+    failures: _containers.RepeatedCompositeFieldContainer[KnowledgeFailure]
+    def __init__(self, llm_version: _Optional[str] = ..., prompt_version: _Optional[str] = ..., catalog_items: _Optional[int] = ..., covered_items: _Optional[int] = ..., pending_requests: _Optional[int] = ..., failed_items: _Optional[int] = ..., oldest_missing_age_s: _Optional[float] = ..., ratio: _Optional[float] = ..., failures: _Optional[_Iterable[_Union[KnowledgeFailure, _Mapping]]] = ...) -> None: ...

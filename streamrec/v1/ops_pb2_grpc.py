@@ -44,6 +44,11 @@ class OpsServiceStub:
                 request_serializer=streamrec_dot_v1_dot_ops__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=streamrec_dot_v1_dot_ops__pb2.JobRun.FromString,
                 _registered_method=True)
+        self.GetCoverage = channel.unary_unary(
+                '/streamrec.v1.OpsService/GetCoverage',
+                request_serializer=streamrec_dot_v1_dot_ops__pb2.GetCoverageRequest.SerializeToString,
+                response_deserializer=streamrec_dot_v1_dot_ops__pb2.KnowledgeCoverage.FromString,
+                _registered_method=True)
 
 
 class OpsServiceServicer:
@@ -61,6 +66,12 @@ class OpsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCoverage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +84,11 @@ def add_OpsServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=streamrec_dot_v1_dot_ops__pb2.GetJobRequest.FromString,
                     response_serializer=streamrec_dot_v1_dot_ops__pb2.JobRun.SerializeToString,
+            ),
+            'GetCoverage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCoverage,
+                    request_deserializer=streamrec_dot_v1_dot_ops__pb2.GetCoverageRequest.FromString,
+                    response_serializer=streamrec_dot_v1_dot_ops__pb2.KnowledgeCoverage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +145,33 @@ class OpsService:
             '/streamrec.v1.OpsService/GetJob',
             streamrec_dot_v1_dot_ops__pb2.GetJobRequest.SerializeToString,
             streamrec_dot_v1_dot_ops__pb2.JobRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCoverage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamrec.v1.OpsService/GetCoverage',
+            streamrec_dot_v1_dot_ops__pb2.GetCoverageRequest.SerializeToString,
+            streamrec_dot_v1_dot_ops__pb2.KnowledgeCoverage.FromString,
             options,
             channel_credentials,
             insecure,

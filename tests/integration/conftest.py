@@ -8,6 +8,7 @@ from streamrec.db import migrate
 from streamrec.services.children import StreamWorker, environment_set, isolated_environment
 from streamrec.settings import Settings
 from streams.topics import ensure_topics
+from tests.integration.ops_seed import ops_page, seeded  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

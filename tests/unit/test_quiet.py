@@ -71,10 +71,12 @@ def test_routine_retry_warnings_are_dropped_and_others_kept(tmp_path):
         "import logging, sys; from streamrec.logs import configure; "
         "configure(sys.argv[1] == 'verbose'); log = logging.getLogger('kafka.cluster'); "
         "log.warning('No node available for metadata refresh - backoff/retry'); "
+        "log.error('Metadata refresh: failed Cancelled'); "
         "log.warning('Metadata refresh: failed for real')"
     )
     quiet = run(["-c", script, "quiet"], tmp_path)
     assert "No node available" not in quiet.stderr
+    assert "Cancelled" not in quiet.stderr
     assert "failed for real" in quiet.stderr
     verbose = run(["-c", script, "verbose"], tmp_path)
     assert "No node available" in verbose.stderr
