@@ -1,7 +1,7 @@
 """Per-user sequences: order kept, window bounded, every event applied exactly once."""
 
 from streamrec.v1 import events_pb2
-from streams.sequences import apply_events
+from streams.sequences import apply_events, decode, empty_sequence, encode
 
 
 def _event(n, item):
@@ -35,13 +35,15 @@ def test_redelivered_offsets_are_skipped():
     assert [e.target_item_id for e in examples] == [3]
 
 
-def test_the_same_event_sent_twice_is_applied_once():
-    first = _event(0, 5)
-    sequence, _ = apply_events(None, [(0, first)], max_length=50)
-    duplicate = events_pb2.InteractionEvent()
-    duplicate.CopyFrom(first)
-    again, examples = apply_events(sequence, [(1, duplicate)], max_length=50)
-    assert again["items"] == [5] and examples == []
+def test_a_sequence_survives_its_table_bytes_and_old_json_ones_still_load():
+    events = [(n, _event(n, 10 + n)) for n in range(5)]
+    sequence, _ = apply_events(None, events, max_length=50)
+    assert decode(encode(sequence)) == sequence
+    assert decode(encode(empty_sequence())) == empty_sequence()
+    # What a worker before format 2 left in the changelog: JSON with the window's ids.
+    old = b'[4,[10,11,12,13,14],[1000,1001,1002,1003,1004],["e0","e1","e2","e3","e4"]]'
+    assert decode(old) == sequence
+    assert decode(None) is None
 
 
 def test_a_late_event_is_placed_by_its_timestamp():
