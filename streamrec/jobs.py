@@ -16,6 +16,7 @@ heartbeat is older than `ops.lost_after_s` is reported as ``lost``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ RUNNING, SUCCEEDED, FAILED, LOST, STOPPED = "running", "succeeded", "failed", "l
 
 JOB_COLUMNS = (
     "run_id, kind, status, started_at, finished_at, items_ok, items_failed, "
-    "items_skipped, items_per_s, llm_version, error, updated_ms"
+    "items_skipped, items_per_s, llm_version, error, updated_ms, stats"
 )
 
 JOB_LAST_SUCCESS = Gauge(
@@ -68,6 +69,7 @@ class JobRun:
     llm_version: str
     error: str
     updated_ms: int
+    stats: str = "{}"  # JSON: a job's own cost figures (the knowledge job's tokens, seconds)
 
     @property
     def duration_s(self) -> float:
@@ -75,7 +77,11 @@ class JobRun:
         return max(0, end - self.started_at)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "duration_s": self.duration_s}
+        return {
+            **asdict(self),
+            "stats": json.loads(self.stats or "{}"),
+            "duration_s": self.duration_s,
+        }
 
 
 def new_run_id(kind: str) -> str:
@@ -103,6 +109,8 @@ class JobRecorder:
         self.ok = self.failed = self.skipped = 0
         self.status = RUNNING
         self.error = ""
+        # A job's own figures, written with every heartbeat and at the end (`job_runs.stats`).
+        self.stats: dict = {}
         self._started = 0.0
         self._finished = 0.0
         self._client = None
@@ -189,6 +197,7 @@ class JobRecorder:
             self.llm_version,
             self.error,
             int(now * 1000),
+            json.dumps(self.stats),
         )
         with self._lock:
             if self._client is None:
@@ -198,7 +207,7 @@ class JobRecorder:
 
 _SELECT = (
     "SELECT run_id, kind, status, toUnixTimestamp(started_at), toUnixTimestamp(finished_at), "
-    "items_ok, items_failed, items_skipped, items_per_s, llm_version, error, updated_ms "
+    "items_ok, items_failed, items_skipped, items_per_s, llm_version, error, updated_ms, stats "
     "FROM job_runs FINAL"
 )
 

@@ -31,6 +31,12 @@ class KnowledgeSettings(BaseModel):
     default_domain: str = "generic"
     job_domain: str = "movies"
     batch_size: int = 16
+    # Prefill the prompt's shared prefix (system text and instruction, up to the item's
+    # JSON) once and reuse its key/value cache for every item; the texts do not change.
+    prefix_cache: bool = True
+    # Torch's dynamic int8 quantisation of the LLM's Linear layers, on a CPU only. Its texts
+    # differ from float32's, so the LLM version gets "+int8" (cached and stored apart).
+    int8: bool = False
     # Modest: an answer stops as soon as its JSON holds both fields; this caps a rambling one.
     max_new_tokens: int = 96
     repetition_penalty: float = 1.1

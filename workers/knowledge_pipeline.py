@@ -93,6 +93,9 @@ def load_knowledge_llm(
         model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
         model.eval()
         version += f"+lora:{adapter_version}"
+    if settings.knowledge.int8 and device == "cpu":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
+        version += "+int8"
     return KnowledgeLLM(model, tokenizer, folder.name, version)
 
 
@@ -120,6 +123,7 @@ def make_generator(
         batch_size=batch_size or config.batch_size,
         max_new_tokens=max_new_tokens or config.max_new_tokens,
         repetition_penalty=config.repetition_penalty,
+        prefix_cache=config.prefix_cache,
     )
 
 
@@ -252,6 +256,7 @@ def generate_dataset_knowledge(
         "items": len(texts),
         "seconds": round(time.perf_counter() - started, 2),
         "generation_seconds": round(generated_s, 2),
+        "generation": generator.stats.summary(),
         "cache_hits": cache.hits,
         "generated": cache.misses,
         "parse": parse_counts(texts),

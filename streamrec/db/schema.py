@@ -27,6 +27,9 @@ class Table:
     partition_by: str = ""
     # Distributed tables shard on this expression.
     shard_key: str = "rand()"
+    # Columns added after the table's first release (also in `columns`): a table created
+    # before gets them by ALTER.
+    added_columns: tuple[str, ...] = ()
 
 
 TABLES: tuple[Table, ...] = (
@@ -120,10 +123,12 @@ TABLES: tuple[Table, ...] = (
             items_per_s Float64,
             llm_version String,
             error String,
-            updated_ms Int64
+            updated_ms Int64,
+            stats String
         """,
         version_column="updated_ms",
         order_by="(kind, run_id)",
+        added_columns=("stats String",),
     ),
     Table(
         name="model_versions",
@@ -175,6 +180,12 @@ def schema_statements(settings: Settings) -> list[str]:
     statements = [f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}"]
     for table in TABLES:
         statements.extend(_create_table(table, database, cluster))
+        names = [table.name, f"{table.name}_local"] if cluster else [table.name]
+        for column in table.added_columns:
+            statements.extend(
+                f"ALTER TABLE {database}.{name}{on_cluster} ADD COLUMN IF NOT EXISTS {column}"
+                for name in reversed(names)
+            )
     return statements
 
 
