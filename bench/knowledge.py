@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import parser, use_threads
+from bench.common import parser
 from bench.results import write_result
 from models.knowledge.prompts import template_for
 from streamrec.datasets import load_dataset
@@ -102,7 +102,7 @@ def main() -> None:
     args = options.parse_args()
 
     settings = get_settings()
-    use_threads(args.threads)
+    settings.knowledge.threads = args.threads  # 0: the free cores, as the job chooses
     settings.knowledge.device = "cpu"
     items = dataset_items(load_dataset(DATASET, settings))
     llms = {False: load_knowledge_llm(settings)}

@@ -180,13 +180,27 @@ def schema_statements(settings: Settings) -> list[str]:
     statements = [f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}"]
     for table in TABLES:
         statements.extend(_create_table(table, database, cluster))
-        names = [table.name, f"{table.name}_local"] if cluster else [table.name]
-        for column in table.added_columns:
-            statements.extend(
-                f"ALTER TABLE {database}.{name}{on_cluster} ADD COLUMN IF NOT EXISTS {column}"
-                for name in reversed(names)
-            )
     return statements
+
+
+def _add_columns(client, settings: Settings) -> None:
+    """Columns added to a table after its first release, on a table made before them
+    (ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: system.columns says what is there)."""
+    database, cluster = settings.clickhouse.database, settings.clickhouse.cluster
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    for table in TABLES:
+        names = [f"{table.name}_local", table.name] if cluster else [table.name]
+        for name in names:
+            present = {
+                column
+                for (column,) in client.execute(
+                    "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+                    {"db": database, "t": name},
+                )
+            }
+            for column in table.added_columns:
+                if column.split()[0] not in present:
+                    client.execute(f"ALTER TABLE {database}.{name}{on_cluster} ADD COLUMN {column}")
 
 
 def migrate(settings: Settings) -> list[str]:
@@ -197,6 +211,7 @@ def migrate(settings: Settings) -> list[str]:
     try:
         for statement in schema_statements(settings):
             client.execute(statement)
+        _add_columns(client, settings)
         rows = client.execute(
             "SELECT name FROM system.tables WHERE database = %(db)s ORDER BY name",
             {"db": settings.clickhouse.database},
