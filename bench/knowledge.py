@@ -1,18 +1,29 @@
-"""Knowledge throughput: items/s of generate + encode with the default LLM, by batch size.
+"""Knowledge throughput: items/s of generate + encode by batch size and variant, and the
+whole MovieLens-100K catalog with the defaults.
 
-    python -m bench.knowledge --json bench/out/knowledge.json \\
-        [--batch-sizes 1 2 4 8 16 32 64] [--items 4] [--max-new-tokens 48] [--threads 1]
+    python -m bench.knowledge --json bench/results/knowledge.json [--batch-sizes 1 16 64]
+        [--variants whole prefix prefix_int8] [--items 4] [--threads 0] [--catalog]
 
-Each batch size generates knowledge for max(batch size, --items) MovieLens-100K items
-(the same first items every time, no cache) and encodes it; the figure is items over the
-seconds of both. CPU always; a GPU too when there is one (else "gpu": null). The anchor:
-SeRALM reports 2.57 s per item with a 7B LLM on an A100.
+Variants, measured in one run on the same items: `whole` prefills every prompt whole
+(no prefix cache, float32), `prefix` reuses the shared prompt prefix's key/value cache,
+`prefix_int8` also quantises the LLM's Linear layers to int8 (torch's dynamic
+quantisation). Each batch size generates max(batch size, --items) items (the same first
+items every time, no text cache) and encodes them; the figure is items over the seconds
+of both, with the generator's prefill and decode split. `--catalog` then times
+`streamrec knowledge generate --dataset ml-100k` with the defaults from an empty cache
+(a child process, its wall time). CPU only. The anchor: SeRALM reports 2.57 s per item
+with a 7B LLM on an A100.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,6 +32,7 @@ from bench.results import write_result
 from models.knowledge.prompts import template_for
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
+from streamrec.terminal import with_overrides
 from workers.knowledge_pipeline import (
     dataset_items,
     domain_of,
@@ -31,70 +43,104 @@ from workers.knowledge_pipeline import (
 )
 
 DATASET = "ml-100k"
+VARIANTS = {"whole": (False, False), "prefix": (True, False), "prefix_int8": (True, True)}
 
 
-def measure(settings, items, batch_sizes, min_items, max_new_tokens) -> dict:
-    llm = load_knowledge_llm(settings)
-    encoder = load_encoder(settings)
+def measure(settings, llms, encoder, items, variants, batch_sizes, min_items) -> dict:
     template = template_for(domain_of(settings, DATASET))
-    by_batch = {}
-    for batch_size in batch_sizes:
-        chosen = items[: max(batch_size, min_items)]
-        generator = make_generator(settings, llm, template, batch_size, max_new_tokens)
+    rows = {}
+    for batch_size in batch_sizes:  # every variant at one size before the next size
+        for variant in variants:
+            prefix_cache, int8 = VARIANTS[variant]
+            chosen = items[: max(batch_size, min_items)]
+            chosen_settings = with_overrides(settings, "knowledge", prefix_cache=prefix_cache)
+            generator = make_generator(chosen_settings, llms[int8], template, batch_size)
+            started = time.perf_counter()
+            texts = generator.generate(chosen)
+            encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+            seconds = time.perf_counter() - started
+            row = {
+                "variant": variant,
+                "batch_size": batch_size,
+                "items": len(chosen),
+                "seconds": round(seconds, 2),
+                "items_per_s": round(len(chosen) / seconds, 3),
+                "parse": parse_counts(texts),
+                "generation": generator.stats.summary(),
+            }
+            rows[f"{variant}/{batch_size}"] = row
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def catalog(threads: int) -> dict:
+    """`streamrec knowledge generate` of the whole catalog with the defaults, from an empty
+    cache: the figure a new user waits for."""
+    with tempfile.TemporaryDirectory(prefix="bench-knowledge-") as folder:
+        env = {**os.environ, "STREAMREC_KNOWLEDGE__CACHE_PATH": f"{folder}/cache.sqlite"}
+        if threads:
+            env["STREAMREC_KNOWLEDGE__THREADS"] = str(threads)
+        command = [str(Path(sys.executable).with_name("streamrec")), "knowledge", "generate"]
+        command += ["--dataset", DATASET, "--out", f"{folder}/out"]
         started = time.perf_counter()
-        texts = generator.generate(chosen)
-        encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
-        by_batch[str(batch_size)] = {
-            "items": len(chosen),
-            "seconds": round(seconds, 2),
-            "items_per_s": round(len(chosen) / seconds, 3),
-            "parse": parse_counts(texts),
-        }
-        print(f"{settings.knowledge.device} batch {batch_size}: {by_batch[str(batch_size)]}")
-    best = max(by_batch, key=lambda size: by_batch[size]["items_per_s"])
-    one = by_batch.get("1", {}).get("items_per_s")
+        summary = json.loads(Path(folder, "out", "summary.json").read_text())
     return {
-        "batch_1_items_per_s": one,
-        "best_items_per_s": by_batch[best]["items_per_s"],
-        "best_batch": int(best),
-        "speedup_best_vs_batch_1": round(by_batch[best]["items_per_s"] / one, 2) if one else None,
-        "by_batch": by_batch,
-        "llm": llm.name,
-        "llm_version": llm.version,
+        "command": "streamrec knowledge generate --dataset ml-100k",
+        "seconds": round(seconds, 1),
+        "summary": summary,
     }
 
 
 def main() -> None:
     options = parser("knowledge", __doc__, threads=True)
-    options.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    options.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
+    options.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     options.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
-    options.add_argument("--max-new-tokens", type=int, default=48)
+    options.add_argument("--catalog", action="store_true", help="Also time the whole catalog.")
     args = options.parse_args()
 
     settings = get_settings()
-    settings.knowledge.threads = args.threads
-    items = dataset_items(load_dataset(DATASET, settings))
-    report = {"llm": None, "cpu": None, "gpu": None}
+    settings.knowledge.threads = args.threads  # 0: the free cores, as the job chooses
     settings.knowledge.device = "cpu"
-    report["cpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
-    report["cpu"]["threads"] = torch.get_num_threads()
-    if torch.cuda.is_available():
-        settings.knowledge.device = "cuda"
-        report["gpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
-        report["gpu"]["device"] = torch.cuda.get_device_name()
-    report["llm"] = report["cpu"].pop("llm")
-    report.update(
-        {
-            "dataset": DATASET,
-            "max_new_tokens": args.max_new_tokens,
-            "min_items_per_batch_size": args.items,
-            "encoder": "all-minilm-l6-v2",
-            "anchor": "SeRALM: 2.57 s per item, 7B LLM, one A100",
-        }
+    items = dataset_items(load_dataset(DATASET, settings))
+    llms = {False: load_knowledge_llm(settings)}
+    if "prefix_int8" in args.variants:
+        llms[True] = load_knowledge_llm(with_overrides(settings, "knowledge", int8=True))
+    encoder = load_encoder(settings)
+    rows = measure(settings, llms, encoder, items, args.variants, args.batch_sizes, args.items)
+    baseline = rows.get(f"{args.variants[0]}/1", {}).get("items_per_s")
+    best = max(rows.values(), key=lambda row: row["items_per_s"])
+    defaults = settings.knowledge
+    default_variant = (
+        "prefix_int8" if defaults.int8 else "prefix" if defaults.prefix_cache else "whole"
     )
+    report = {
+        "batch_1_items_per_s": baseline,
+        "batch_1_variant": args.variants[0],
+        "best_items_per_s": best["items_per_s"],
+        "best_batch": best["batch_size"],
+        "best_variant": best["variant"],
+        "speedup_best_vs_batch_1": round(best["items_per_s"] / baseline, 2) if baseline else None,
+        "default_variant": default_variant,
+        "default_batch_size": defaults.batch_size,
+        "catalog_seconds": None,
+        "by_variant_and_batch": rows,
+        "llm": llms[False].name,
+        "llm_version": llms[False].version,
+        "threads": torch.get_num_threads(),
+        "dataset": DATASET,
+        "max_new_tokens": defaults.max_new_tokens,
+        "min_items_per_batch_size": args.items,
+        "encoder": "all-minilm-l6-v2",
+        "anchor": "SeRALM: 2.57 s per item, 7B LLM, one A100",
+    }
+    if args.catalog:
+        report["catalog"] = catalog(args.threads)
+        report["catalog_seconds"] = report["catalog"]["seconds"]
     write_result(args.json, report)
-    print(json.dumps({key: report[key] for key in ("llm", "cpu", "gpu")}, indent=1))
+    print(json.dumps({key: report[key] for key in list(report)[:9]}, indent=1))
 
 
 if __name__ == "__main__":

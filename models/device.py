@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -14,3 +16,10 @@ def resolve_device(choice: str | torch.device = "auto") -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def free_cpu_threads() -> int:
+    """The cores the 1-minute load average leaves free, at least one: with more torch threads
+    than free cores, every small operation waits at a barrier for a descheduled thread."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, round((cores or 1) - os.getloadavg()[0])))

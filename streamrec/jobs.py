@@ -21,6 +21,7 @@ page shows why a run failed without anyone finding the pod or the log file.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ RUNNING, SUCCEEDED, FAILED, LOST, STOPPED = "running", "succeeded", "failed", "l
 
 JOB_COLUMNS = (
     "run_id, kind, status, started_at, finished_at, items_ok, items_failed, "
-    "items_skipped, items_per_s, llm_version, error, updated_ms"
+    "items_skipped, items_per_s, llm_version, error, updated_ms, stats"
 )
 
 JOB_LAST_SUCCESS = Gauge(
@@ -96,6 +97,7 @@ class JobRun:
     llm_version: str
     error: str
     updated_ms: int
+    stats: str = "{}"  # JSON: a job's own cost figures (the knowledge job's tokens, seconds)
 
     @property
     def duration_s(self) -> float:
@@ -103,7 +105,11 @@ class JobRun:
         return max(0, end - self.started_at)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "duration_s": self.duration_s}
+        return {
+            **asdict(self),
+            "stats": json.loads(self.stats or "{}"),
+            "duration_s": self.duration_s,
+        }
 
 
 def new_run_id(kind: str) -> str:
@@ -131,6 +137,8 @@ class JobRecorder:
         self.ok = self.failed = self.skipped = 0
         self.status = RUNNING
         self.error = ""
+        # A job's own figures, written with every heartbeat and at the end (`job_runs.stats`).
+        self.stats: dict = {}
         self._started = 0.0
         self._finished = 0.0
         self._client = None
@@ -223,6 +231,7 @@ class JobRecorder:
             self.llm_version,
             self.error,
             int(now * 1000),
+            json.dumps(self.stats),
         )
         with self._lock:
             if self._client is None:
@@ -237,7 +246,7 @@ class JobRecorder:
 
 _SELECT = (
     "SELECT run_id, kind, status, toUnixTimestamp(started_at), toUnixTimestamp(finished_at), "
-    "items_ok, items_failed, items_skipped, items_per_s, llm_version, error, updated_ms "
+    "items_ok, items_failed, items_skipped, items_per_s, llm_version, error, updated_ms, stats "
     "FROM job_runs FINAL"
 )
 

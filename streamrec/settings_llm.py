@@ -30,20 +30,27 @@ class KnowledgeSettings(BaseModel):
     }
     default_domain: str = "generic"
     job_domain: str = "movies"
-    batch_size: int = 16
+    # Items per LLM batch: a finished answer leaves its batch, so a large batch costs no padding.
+    batch_size: int = 64
+    # Prefill the prompt's shared prefix (system text and instruction, up to the item's
+    # JSON) once and reuse its key/value cache for every item; the texts do not change.
+    prefix_cache: bool = True
+    # Torch's dynamic int8 quantisation of the LLM's Linear layers, on a CPU only. Its texts
+    # differ from float32's, so the LLM version gets "+int8" (cached and stored apart).
+    int8: bool = False
     # Modest: an answer stops as soon as its JSON holds both fields; this caps a rambling one.
     max_new_tokens: int = 96
     repetition_penalty: float = 1.1
     encode_batch_size: int = 64
-    # Torch threads of a knowledge process; 0 leaves torch's default. One thread is faster on
-    # a machine whose cores other processes also keep busy (no spinning at thread barriers).
+    # Torch threads of a knowledge process on a CPU; 0: the cores the load average leaves
+    # free (at least one). Threads beyond the free cores wait at barriers for one another.
     threads: int = 0
     # The cache of generated texts; empty: <data_dir>/knowledge/cache.sqlite.
     cache_path: str = ""
     # Knowledge job: its Kafka consumer group on `knowledge-requests`, the items written to
     # ClickHouse per batch (what a killed run can lose); it extends `recommender.family`.
     job_group: str = "streamrec-knowledge"
-    job_write_batch: int = 16
+    job_write_batch: int = 64
     job_poll_timeout_ms: int = 2000
     # Longest wait for the consumer group to get its partitions before a run goes on.
     job_join_timeout_s: float = 30.0

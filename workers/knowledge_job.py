@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +53,9 @@ class JobOutcome:
     skipped: int
     seconds: float
     published: str | None  # the registry version that carries the new items
+    # What generation cost this run (GenerationStats.summary: prefill and decode seconds,
+    # prompt, prefilled and generated tokens, the prefix cache hit rate, items/s).
+    generation: dict
 
 
 def _catalog_item(row: tuple) -> ItemInfo:
@@ -170,6 +173,7 @@ class KnowledgeJob:
                     total=len(pending), desc="knowledge", unit="item", disable=not self.progress
                 )
                 step = self.config.job_write_batch
+                before = replace(self.generator.stats)
                 for start in range(0, len(pending), step):
                     chunk = pending[start : start + step]
                     try:
@@ -197,8 +201,10 @@ class KnowledgeJob:
                         for text in texts:
                             KNOWLEDGE_ITEMS.labels(text.parse).inc()
                         run.progress(ok=len(chunk))
+                    run.stats = self.generator.stats.since(before).summary()
                     bar.update(len(chunk))
                 bar.close()
+                run.stats = self.generator.stats.since(before).summary()
                 published = extend_items(
                     self.settings, client, self.llm.version, self.template.version
                 )
@@ -215,6 +221,7 @@ class KnowledgeJob:
                 skipped=run.skipped,
                 seconds=round(time.perf_counter() - started, 2),
                 published=published,
+                generation=run.stats,
             )
         finally:
             cache.close()

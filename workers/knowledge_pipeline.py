@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.device import resolve_device
+from models.device import free_cpu_threads, resolve_device
 from models.knowledge.cache import KnowledgeCache
 from models.knowledge.encoding import TextEncoder
 from models.knowledge.generation import KnowledgeGenerator, KnowledgeText
@@ -78,11 +79,13 @@ def load_knowledge_llm(
     """The knowledge LLM on the configured device, with its adapter merged in when asked."""
     from streamrec.assets import fetch_assets, load_llm
 
-    if settings.knowledge.threads:
-        torch.set_num_threads(settings.knowledge.threads)
     path = llm_path or settings.knowledge.llm_path or settings.assets.llm_path
     device = str(resolve_device(settings.knowledge.device))
+    if device == "cpu":
+        torch.set_num_threads(settings.knowledge.threads or free_cpu_threads())
     model, tokenizer = load_llm(path or None, settings=settings, device=device)
+    if device == "cpu":  # eager attention decodes faster than torch's SDPA on a CPU
+        model.set_attn_implementation("eager")
     folder = Path(path).expanduser() if path else fetch_assets(settings).llm
     version = f"{folder.name}@{_folder_digest(folder)}"
     chosen = _adapter(settings, settings.knowledge.adapter if adapter is None else adapter)
@@ -93,6 +96,11 @@ def load_knowledge_llm(
         model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
         model.eval()
         version += f"+lora:{adapter_version}"
+    if settings.knowledge.int8 and device == "cpu":
+        with warnings.catch_warnings():  # torch marks its quantised tensors deprecated
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
+        version += "+int8"
     return KnowledgeLLM(model, tokenizer, folder.name, version)
 
 
@@ -120,6 +128,7 @@ def make_generator(
         batch_size=batch_size or config.batch_size,
         max_new_tokens=max_new_tokens or config.max_new_tokens,
         repetition_penalty=config.repetition_penalty,
+        prefix_cache=config.prefix_cache,
     )
 
 
@@ -252,6 +261,7 @@ def generate_dataset_knowledge(
         "items": len(texts),
         "seconds": round(time.perf_counter() - started, 2),
         "generation_seconds": round(generated_s, 2),
+        "generation": generator.stats.summary(),
         "cache_hits": cache.hits,
         "generated": cache.misses,
         "parse": parse_counts(texts),

@@ -96,7 +96,11 @@ class PromptTemplate:
 
     def messages(self, item: ItemInfo) -> list[dict[str, str]]:
         """Chat messages for the tokenizer's chat template."""
-        user = self.instruction.format(noun=self.noun, item_json=self.item_json(item))
+        return self.messages_with(self.item_json(item))
+
+    def messages_with(self, item_json: str) -> list[dict[str, str]]:
+        """The messages around any item JSON (the generator finds the shared prefix so)."""
+        user = self.instruction.format(noun=self.noun, item_json=item_json)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 

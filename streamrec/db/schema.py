@@ -27,6 +27,9 @@ class Table:
     partition_by: str = ""
     # Distributed tables shard on this expression.
     shard_key: str = "rand()"
+    # Columns added after the table's first release (also in `columns`): a table created
+    # before gets them by ALTER.
+    added_columns: tuple[str, ...] = ()
 
 
 TABLES: tuple[Table, ...] = (
@@ -120,10 +123,12 @@ TABLES: tuple[Table, ...] = (
             items_per_s Float64,
             llm_version String,
             error String,
-            updated_ms Int64
+            updated_ms Int64,
+            stats String
         """,
         version_column="updated_ms",
         order_by="(kind, run_id)",
+        added_columns=("stats String",),
     ),
     Table(
         name="job_logs",
@@ -232,6 +237,26 @@ def schema_statements(settings: Settings) -> list[str]:
     return statements
 
 
+def _add_columns(client, settings: Settings) -> None:
+    """Columns added to a table after its first release, on a table made before them
+    (ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: system.columns says what is there)."""
+    database, cluster = settings.clickhouse.database, settings.clickhouse.cluster
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    for table in TABLES:
+        names = [f"{table.name}_local", table.name] if cluster else [table.name]
+        for name in names:
+            present = {
+                column
+                for (column,) in client.execute(
+                    "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+                    {"db": database, "t": name},
+                )
+            }
+            for column in table.added_columns:
+                if column.split()[0] not in present:
+                    client.execute(f"ALTER TABLE {database}.{name}{on_cluster} ADD COLUMN {column}")
+
+
 def migrate(settings: Settings) -> list[str]:
     """Apply the schema idempotently; returns the tables that exist afterwards."""
     from streamrec.db.client import connect
@@ -240,6 +265,7 @@ def migrate(settings: Settings) -> list[str]:
     try:
         for statement in schema_statements(settings):
             client.execute(statement)
+        _add_columns(client, settings)
         rows = client.execute(
             "SELECT name FROM system.tables WHERE database = %(db)s ORDER BY name",
             {"db": settings.clickhouse.database},

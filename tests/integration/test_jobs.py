@@ -41,6 +41,19 @@ def job_settings(services):
     return settings, environment
 
 
+def test_migrate_gives_an_older_job_runs_table_its_stats_column(job_settings):
+    settings, _ = job_settings
+    client = connect(settings)
+    try:
+        client.execute("ALTER TABLE job_runs DROP COLUMN stats")  # as made before the column
+        migrate(settings)
+        with JobRecorder(settings, "test-stats") as run:
+            run.stats = {"prefill_s": 1.5}
+        assert json.loads(get_run(settings, run.run_id).stats) == {"prefill_s": 1.5}
+    finally:
+        client.disconnect()
+
+
 def _metric(name: str, **labels) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 

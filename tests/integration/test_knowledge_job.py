@@ -9,6 +9,7 @@ so the job loads it by path like any LLM); the text encoder is the real all-Mini
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -162,6 +163,15 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
 
     (run,) = list_runs(settings, kind="knowledge", limit=1)
     assert (run.status, run.items_ok, run.llm_version) == ("succeeded", 1, job.llm.version)
+    # What the run cost, in its summary and its job_runs row: prefill and decode time, tokens,
+    # the prefix cache's hit rate, items/s.
+    cost = outcome.generation
+    assert json.loads(run.stats) == cost == run.as_dict()["stats"]
+    assert cost["items"] == 1 and cost["prefix_hit_rate"] == 1.0
+    assert cost["prefill_s"] > 0 and cost["decode_s"] > 0 and cost["items_per_s"] > 0
+    # One item: the shared prefix, computed on this first batch, then the item's own tokens.
+    assert cost["prefilled_tokens"] == cost["prompt_tokens"] > 0
+    assert 0 < cost["generated_tokens"] <= 12  # knowledge.max_new_tokens
 
     # A new seralm version holds the item, its knowledge, and scores it.
     assert outcome.published is not None
@@ -233,6 +243,9 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
 
     outcome = KnowledgeJob(settings, progress=False).run_once()
     assert (outcome.ok, outcome.failed) == (len(BACKFILL) - before, 0)
+    cost = outcome.generation  # several items share the prefix prefilled once
+    assert 1 < cost["items"] <= outcome.ok and cost["prefix_hit_rate"] == 1.0  # some cached
+    assert 0 < cost["prefilled_tokens"] < cost["prompt_tokens"]
     rows = [item for item, _, _ in _knowledge_rows(settings, llm_version) if item in BACKFILL]
     assert sorted(rows) == BACKFILL  # every item, each exactly once
     published = ModelRegistry.from_settings(settings).get("seralm", outcome.published)

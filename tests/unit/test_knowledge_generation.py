@@ -5,10 +5,11 @@ order, cache), what alignment hands the encoder, and one short run of the real S
 import numpy as np
 import pytest
 import torch
+from transformers import StoppingCriteria
 
 from models.knowledge.cache import KnowledgeCache
 from models.knowledge.generation import KnowledgeGenerator
-from models.knowledge.parsing import PARSE_OUTCOMES
+from models.knowledge.parsing import PARSE_OUTCOMES, answer_complete
 from models.knowledge.prompts import template_for
 from streamrec.assets import load_llm
 from tests.unit.knowledge_helpers import MOVIES, real_tokenizer, tiny_llm
@@ -33,13 +34,69 @@ def tiny(tokenizer):
 def test_batched_left_padded_generation_equals_one_at_a_time(tokenizer, tiny):
     batched = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=5, max_new_tokens=8)
     single = KnowledgeGenerator(tiny, tokenizer, MOVIES_TEMPLATE, batch_size=1, max_new_tokens=8)
+    whole = KnowledgeGenerator(
+        tiny, tokenizer, MOVIES_TEMPLATE, batch_size=5, max_new_tokens=8, prefix_cache=False
+    )
     prompts = [batched.prompt(item) for item in MOVIES]
     lengths = {len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts}
     assert len(lengths) > 1  # the batch really is padded
     together = batched.raw_answers(prompts)
     alone = [single.raw_answers([prompt])[0] for prompt in prompts]
-    assert together == alone
-    assert tokenizer.padding_side == real_tokenizer().padding_side  # restored
+    assert together == alone == whole.raw_answers(prompts)
+    assert whole.stats.prefilled_tokens == whole.stats.prompt_tokens
+    assert whole.stats.prefix_hits == 0
+
+
+class _AnswerComplete(StoppingCriteria):
+    """The generator's stop rule, for transformers' own `generate`."""
+
+    def __init__(self, tokenizer, prompt_length: int):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        answer = self.tokenizer.decode(input_ids[0, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([answer_complete(MOVIES_TEMPLATE.response_prefix + answer)])
+
+
+def uncached_greedy(model, tokenizer, prompt: str, max_new_tokens: int, penalty: float) -> str:
+    """The reference: transformers' greedy `generate` on the whole prompt, one item alone."""
+    batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    length = batch["input_ids"].shape[1]
+    output = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        repetition_penalty=penalty,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stopping_criteria=[_AnswerComplete(tokenizer, length)],
+    )
+    answer = tokenizer.decode(output[0, length:], skip_special_tokens=True)
+    return MOVIES_TEMPLATE.response_prefix + answer
+
+
+def test_prefix_cache_gives_the_texts_of_uncached_greedy_decoding():
+    # The real SmolLM2: its rows finish at different steps and leave the batch.
+    model, tokenizer = load_llm()
+    budget = 64
+    generator = KnowledgeGenerator(
+        model, tokenizer, MOVIES_TEMPLATE, len(MOVIES), budget, repetition_penalty=1.1
+    )
+    prompts = [generator.prompt(item) for item in MOVIES]
+    assert len({len(ids) for ids in tokenizer(prompts, add_special_tokens=False).input_ids}) > 1
+    texts = generator.generate(MOVIES)
+    reference = [uncached_greedy(model, tokenizer, prompt, budget, 1.1) for prompt in prompts]
+    assert [text.raw for text in texts] == reference
+    stats = generator.stats
+    shared = len(generator.shared_prefix_ids())
+    assert shared >= 20 and stats.prefix_hits == len(MOVIES)
+    # Each item's shared prefix was prefilled once, not once per item.
+    assert stats.prefilled_tokens == stats.prompt_tokens - (len(MOVIES) - 1) * shared
+    assert stats.generated_tokens < len(MOVIES) * budget  # some row stopped early
+    assert stats.prefill_s > 0 and stats.decode_s > 0
+    # The stored prefix is only read: a second batch from it gives the same texts.
+    assert [text.raw for text in generator.generate(MOVIES[:2])] == reference[:2]
+    assert generator.stats.prefix_hits == len(MOVIES) + 2
 
 
 def test_generate_keeps_the_items_order_and_reports_each_batch(tokenizer, tiny):
