@@ -131,6 +131,7 @@ def _past_run(client, kind, status, started, seconds, ok, error="", heartbeat_ms
         LLM if kind == "knowledge" else "",
         error,
         heartbeat_ms if heartbeat_ms is not None else int(finished * 1000),
+        "{}",
     )
     client.execute(f"INSERT INTO job_runs ({JOB_COLUMNS}) VALUES", [row])
     return run_id

@@ -50,7 +50,9 @@ def test_readme_commands_resolve_against_the_cli_the_api_and_the_files():
         words = shlex.split(re.sub(r"\s*\[--[^\]]*\]", "", line))
         if words[0] in {"./run", "streamrec"}:
             args = words[1:] or ["up"]
-            if args[0] != "test":
+            if args[0] == "bench":  # ./run bench NAME: python -m bench.NAME
+                assert words[0] == "./run" and (ROOT / "bench" / f"{args[1]}.py").is_file(), line
+            elif args[0] != "test":
                 command = resolve_command(args)
                 known = {n for param in command.params for n in param.opts + param.secondary_opts}
                 assert set(optional) <= known, line
