@@ -166,6 +166,24 @@ def test_alignment_rewrites_only_the_llm_channel():
         facts_only.fusion.set_knowledge(torch.zeros(11, 4))
 
 
+def test_the_aligned_version_records_a_new_llm_channel_and_the_same_facts():
+    from types import SimpleNamespace
+
+    from workers.alignment.publish import aligned_provenance
+
+    facts = {"source": "ml-100k item facts (movies)", "encoder": "all-minilm-l6-v2"}
+    llm = {"llm_version": "smollm2@1d8", "prompt_version": "movies-v2-14a6", "encoder": "m"}
+    prepared = SimpleNamespace(knowledge_summary={"provenance": {"facts": facts, "llm": llm}})
+    provenance = aligned_provenance(prepared, SimpleNamespace(version="v000002"))
+    assert provenance["facts"] == facts
+    assert provenance["llm"] == {
+        **llm,
+        "llm_version": "smollm2@1d8+v000002",
+        "adapter_version": "v000002",
+    }
+    assert llm["llm_version"] == "smollm2@1d8"  # the prepared summary is left as it was
+
+
 def test_both_channels_round_trip_and_single_vector_artifacts_are_refused(tmp_path):
     torch.manual_seed(0)
     facts, knowledge = torch.randn(11, 5), torch.randn(11, 4)
