@@ -134,7 +134,7 @@ def catalog_knowledge(settings: Settings, dataset: Dataset, folder: Path) -> dic
         "prompt_version": template.version,
         "encoder_dim": encoder.dim,
     }
-    write_knowledge_files(folder, texts, encoded, vectors, summary)
+    write_knowledge_files(folder, texts, encoded, vectors, summary, vectors)
     client = connect(settings)
     try:
         write_knowledge(client, CATALOG_FACTS, template.version, texts, vectors)

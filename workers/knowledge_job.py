@@ -21,7 +21,6 @@ from models.knowledge.prompts import ItemInfo, template_for
 from streamrec.settings import Settings
 from workers.knowledge_pipeline import (
     KnowledgeLLM,
-    documents,
     generate_cached,
     load_encoder,
     load_knowledge_llm,
@@ -40,6 +39,15 @@ KNOWLEDGE_FAILED = PromCounter(
 )
 _ITEM_COLUMNS = "item_id, title, year, categories, description, attribute_keys, attribute_values"
 _KNOWLEDGE_COLUMNS = "item_id, llm_version, prompt_version, text, vector, created_at, created_ms"
+# What an `item_knowledge` vector encodes, in its prompt_version after the template's: the
+# LLM channel (the LLM's text alone). Rows of the single-vector layout (facts, then the
+# text) lack it, so they count as missing and are encoded again (their texts are cached).
+VECTOR_LAYOUT = "llm-channel"
+
+
+def rows_version(prompt_version: str) -> str:
+    """The `item_knowledge.prompt_version` of the vectors this code writes."""
+    return f"{prompt_version}+{VECTOR_LAYOUT}"
 
 
 @dataclass
@@ -142,7 +150,7 @@ class KnowledgeJob:
             f"SELECT {_ITEM_COLUMNS} FROM items FINAL WHERE deleted = 0 AND item_id NOT IN "
             "(SELECT item_id FROM item_knowledge WHERE llm_version = %(llm)s "
             "AND prompt_version = %(prompt)s) ORDER BY item_id",
-            {"llm": self.llm.version, "prompt": self.template.version},
+            {"llm": self.llm.version, "prompt": rows_version(self.template.version)},
         )
         return [_catalog_item(row) for row in rows]
 
@@ -158,6 +166,7 @@ class KnowledgeJob:
         consumer = self._consumer()
         client = connect(self.settings)
         cache = open_cache(self.settings, self.llm.version, self.template.version)
+        rows = rows_version(self.template.version)
         try:
             with JobRecorder(self.settings, "knowledge", llm_version=self.llm.version) as run:
                 record_target(client, run.run_id, self.llm.version, self.template.version)
@@ -179,11 +188,9 @@ class KnowledgeJob:
                     try:
                         texts = generate_cached(self.generator, cache, chunk)
                         vectors = self.encoder.encode(
-                            documents(self.template, chunk, texts), self.config.encode_batch_size
+                            [text.text for text in texts], self.config.encode_batch_size
                         )
-                        write_knowledge(
-                            client, self.llm.version, self.template.version, texts, vectors
-                        )
+                        write_knowledge(client, self.llm.version, rows, texts, vectors)
                     except Exception as error:  # one bad batch must not lose the others
                         log.exception("knowledge for items %s failed", [i.item_id for i in chunk])
                         failures.append(f"{type(error).__name__}: {error}")
@@ -206,7 +213,7 @@ class KnowledgeJob:
                 bar.close()
                 run.stats = self.generator.stats.since(before).summary()
                 published = extend_items(
-                    self.settings, client, self.llm.version, self.template.version
+                    self.settings, client, self.llm.version, rows, self.encoder
                 )
                 consumer.commit()
                 if failures:
@@ -249,12 +256,34 @@ def write_knowledge(
     client.execute(f"INSERT INTO item_knowledge ({_KNOWLEDGE_COLUMNS}) VALUES", rows)
 
 
-def extend_items(settings: Settings, client, llm_version: str, prompt_version: str) -> str | None:
+def facts_vectors(settings: Settings, client, item_ids: list[int], encoder) -> torch.Tensor:
+    """The facts channel of catalog items: each one's facts (`PromptTemplate.facts`, from
+    ClickHouse `items`) encoded alone; zeros without an encoder or for an unknown item."""
+    vectors = torch.zeros(len(item_ids), encoder.dim if encoder is not None else 0)
+    if encoder is None:
+        return vectors
+    rows = client.execute(
+        f"SELECT {_ITEM_COLUMNS} FROM items FINAL WHERE item_id IN %(items)s",
+        {"items": tuple(item_ids)},
+    )
+    template = template_for(settings.knowledge.job_domain)
+    info = {item.item_id: item for item in map(_catalog_item, rows)}
+    known = [row for row, item in enumerate(item_ids) if item in info]
+    if known:
+        facts = [template.facts(info[item_ids[row]]) for row in known]
+        vectors[known] = torch.from_numpy(encoder.encode(facts))
+    return vectors
+
+
+def extend_items(
+    settings: Settings, client, llm_version: str, prompt_version: str, encoder=None
+) -> str | None:
     """A new version of the served recommender with every item that now has knowledge
-    (of these LLM and prompt versions) but is not in it yet (input initialised from the
-    knowledge through the fusion layer), announced on model-updates; None when there is
-    no recommender or nothing to add. The job calls it after each run; `bench/online.py`
-    too, for the items new since its split."""
+    (of these LLM and `item_knowledge` prompt versions) but is not in it yet (input
+    initialised from the knowledge through the fusion layer: the LLM channel from
+    `item_knowledge`, the facts channel from `facts_vectors`), announced on
+    model-updates; None when there is no recommender or nothing to add. The job calls it
+    after each run; `bench/online.py` too, for the items new since its split."""
     import dataclasses
     import tempfile
 
@@ -285,11 +314,20 @@ def extend_items(settings: Settings, client, llm_version: str, prompt_version: s
             f"{latest.family} {latest.version} takes {model_dim}-dim knowledge, the text "
             f"encoder makes {vectors.shape[1]}-dim vectors"
         )
-    loaded.model.extend_items(len(new), vectors if model_dim is not None else None)
+    facts = None
+    if loaded.model.facts_dim is not None:
+        facts = facts_vectors(settings, client, [item_id for item_id, _ in new], encoder)
+        if facts.shape[1] != loaded.model.facts_dim:
+            facts = None  # no encoder, or another one: the new items' facts rows stay zero
+    loaded.model.extend_items(len(new), vectors if model_dim is not None else None, facts)
     item_ids = np.concatenate(
         [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
     )
     inherited = VersionMetadata.from_record(latest.metadata)
+    channels = dict(inherited.extra.get("knowledge_channels") or {})
+    if model_dim is not None:
+        llm = {"llm_version": llm_version, "prompt_version": prompt_version}
+        channels["llm"] = {**channels.get("llm", {}), **llm}
     metadata = dataclasses.replace(
         inherited,
         llm_version=llm_version,
@@ -298,6 +336,7 @@ def extend_items(settings: Settings, client, llm_version: str, prompt_version: s
             **inherited.extra,
             "prompt_version": prompt_version,
             "knowledge_items_added": len(new),
+            "knowledge_channels": channels,
         },
     )
     with tempfile.TemporaryDirectory() as folder:

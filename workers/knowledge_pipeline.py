@@ -197,13 +197,15 @@ def _save(path: Path, write: Callable[[Path], None]) -> None:
 def write_knowledge_files(
     out: Path,
     texts: Sequence[KnowledgeText],
-    encoded: Sequence[str],
+    facts: Sequence[str],
     vectors: np.ndarray,
     summary: dict,
+    facts_vectors: np.ndarray,
 ) -> None:
-    """The files of the knowledge contract: vectors.npy, item_ids.npy, texts.jsonl (each
-    item's knowledge and the `document` its vector encodes), summary.json (last: its
-    presence says the others are complete)."""
+    """The files of the knowledge contract, one vector file per channel: vectors.npy (the
+    LLM's knowledge alone), facts.npy (the item's facts alone), item_ids.npy, texts.jsonl
+    (each item's knowledge and its `facts`), summary.json (last: its presence says the
+    others are complete)."""
     out.mkdir(parents=True, exist_ok=True)
     item_ids = np.asarray([text.item_id for text in texts], dtype=np.int64)
 
@@ -215,10 +217,11 @@ def write_knowledge_files(
         return write
 
     _save(out / "vectors.npy", save_array(vectors.astype(np.float32)))
+    _save(out / "facts.npy", save_array(facts_vectors.astype(np.float32)))
     _save(out / "item_ids.npy", save_array(item_ids))
     lines = "".join(
-        json.dumps({**text.as_record(), "document": document}, ensure_ascii=False) + "\n"
-        for text, document in zip(texts, encoded, strict=True)
+        json.dumps({**text.as_record(), "facts": fact}, ensure_ascii=False) + "\n"
+        for text, fact in zip(texts, facts, strict=True)
     )
     _save(out / "texts.jsonl", lambda path: path.write_text(lines))
     _save(out / "summary.json", lambda path: path.write_text(json.dumps(summary, indent=1)))
@@ -254,8 +257,9 @@ def generate_dataset_knowledge(
         cache.close()
     generated_s = time.perf_counter() - started
     encoder = load_encoder(settings)
-    encoded = documents(template, items, texts)
-    vectors = encoder.encode(encoded, settings.knowledge.encode_batch_size)
+    vectors = encoder.encode([text.text for text in texts], settings.knowledge.encode_batch_size)
+    facts = [template.facts(item) for item in items]
+    facts_vectors = encoder.encode(facts, settings.knowledge.encode_batch_size)
     summary = {
         "dataset": dataset_name,
         "items": len(texts),
@@ -273,8 +277,12 @@ def generate_dataset_knowledge(
         "batch_size": generator.batch_size,
         "encoder_dim": encoder.dim,
         "device": str(resolve_device(settings.knowledge.device)),
+        "channels": {
+            "facts": {"source": f"{dataset_name} item facts", "encoder": encoder.name},
+            "llm": {"encoder": encoder.name, "llm_version": llm.version},
+        },
     }
-    write_knowledge_files(out, texts, encoded, vectors, summary)
+    write_knowledge_files(out, texts, facts, vectors, summary, facts_vectors)
     return summary
 
 

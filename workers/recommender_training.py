@@ -95,13 +95,20 @@ def protocol_data(dataset) -> ProtocolData:
     )
 
 
-def load_knowledge(folder: Path, item_ids: np.ndarray) -> tuple[torch.Tensor, dict]:
-    """The knowledge folder (vectors.npy + item_ids.npy, external ids) as a table by inner
-    id; items without a vector (and padding) get zeros."""
-    vectors_path, ids_path = folder / "vectors.npy", folder / "item_ids.npy"
+# A knowledge folder's file per channel: the LLM's knowledge, the item's facts.
+CHANNEL_FILES = {"llm": "vectors.npy", "facts": "facts.npy"}
+
+
+def load_knowledge(
+    folder: Path, item_ids: np.ndarray, channel: str = "llm"
+) -> tuple[torch.Tensor, dict]:
+    """One channel of the knowledge folder (vectors.npy or facts.npy, + item_ids.npy,
+    external ids) as a table by inner id; items without a vector (and padding) get zeros."""
+    name = CHANNEL_FILES[channel]
+    vectors_path, ids_path = folder / name, folder / "item_ids.npy"
     if not vectors_path.is_file() or not ids_path.is_file():
         raise FileNotFoundError(
-            f"no knowledge in {folder}: vectors.npy and item_ids.npy are needed "
+            f"no {channel} knowledge in {folder}: {name} and item_ids.npy are needed "
             "(`streamrec knowledge generate` writes them)"
         )
     vectors = np.load(vectors_path).astype(np.float32)
@@ -150,6 +157,7 @@ class TrainedRun:
     fit: FitResult
     test: dict
     seed: int
+    ranks: torch.Tensor  # each test target's rank (what `test` summarises), for subsets
 
 
 def train_run(
@@ -161,13 +169,16 @@ def train_run(
     text=None,
     fraction: float = 1.0,
     on_epoch: Callable[[dict], None] | None = None,
+    facts: torch.Tensor | None = None,
 ) -> TrainedRun:
     """Train one seed to early stopping and evaluate its best weights on test."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     device = resolve_device(config.device)
     overrides = config.model_configs.get(model_name.lower(), {})
-    model = build_recommender(model_name, data.n_items, overrides, knowledge=knowledge, text=text)
+    model = build_recommender(
+        model_name, data.n_items, overrides, knowledge=knowledge, text=text, facts=facts
+    )
     model.to(device)
     windows = training_windows(
         sample_sequences(data.train_sequences, fraction, seed),
@@ -184,8 +195,8 @@ def train_run(
             on_epoch(record)
 
     result = fit(model, windows, data.valid, fit_config(config), seed=seed, on_epoch=report)
-    test = ranking_metrics(rank_targets(model, data.test, config.eval_batch_size))
-    return TrainedRun(model, result, test, seed)
+    ranks = rank_targets(model, data.test, config.eval_batch_size)
+    return TrainedRun(model, result, ranking_metrics(ranks), seed, ranks)
 
 
 def summary_row(
@@ -237,8 +248,8 @@ def save_run(run: TrainedRun, data: ProtocolData, folder: Path, extra: dict) -> 
 
 
 def item_texts(folder: Path, item_ids: np.ndarray) -> list[str]:
-    """The text each item's vector encodes, by inner id, from texts.jsonl ("" where none):
-    its `document` (facts + knowledge), or the knowledge alone in files written before."""
+    """The LLM channel's text of each item, by inner id, from texts.jsonl ("" where none):
+    the LLM's knowledge alone (the facts are their own channel)."""
     path = folder / "texts.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no texts.jsonl in {folder}: the text mode fine-tunes on texts")
@@ -246,14 +257,8 @@ def item_texts(folder: Path, item_ids: np.ndarray) -> list[str]:
     for line in path.read_text().splitlines():
         if line.strip():
             record = json.loads(line)
-            by_item[int(record["item_id"])] = (
-                record.get("document")
-                or record.get("text")
-                or " ".join(
-                    part
-                    for part in (record.get("description"), record.get("summarization"))
-                    if part
-                )
+            by_item[int(record["item_id"])] = record.get("text") or " ".join(
+                part for part in (record.get("description"), record.get("summarization")) if part
             )
     return ["" if not inner else by_item.get(int(item), "") for inner, item in enumerate(item_ids)]
 
@@ -278,12 +283,14 @@ def text_knowledge(encoder, tokenizer, texts: list[str], max_length: int):
 
 @dataclass
 class Variant:
-    """What a row trains: a name ("base", "na_llm", "base@0.1", ...), its knowledge."""
+    """What a row trains: a name ("base", "two_channels", "base@0.1", ...), its knowledge
+    channels (`knowledge`: the LLM's, `facts`: the item's facts)."""
 
     name: str
     knowledge: torch.Tensor | None = None
     fraction: float = 1.0
     text_factory: Callable[[], object] | None = None  # a fresh TextKnowledge per seed
+    facts: torch.Tensor | None = None
 
 
 def run_variant(
@@ -310,6 +317,7 @@ def run_variant(
             text=text,
             fraction=variant.fraction,
             on_epoch=None if on_epoch is None else (lambda record, s=seed: on_epoch(s, record)),
+            facts=variant.facts,
         )
         log.info("%s %s seed %d: test %s", model_name, variant.name, seed, run.test)
         if save_to is not None:
@@ -322,23 +330,47 @@ def variant_name(base: str, fraction: float) -> str:
     return base if fraction >= 1 else f"{base}@{fraction:g}"
 
 
+def channel_provenance(summary: dict, channels: tuple[str, ...]) -> dict:
+    """Where each channel's vectors come from (the knowledge folder's summary): the facts'
+    source and encoder; the LLM's version (adapter included), prompt version and encoder.
+    What a checkpoint's and a registry version's metadata keep as `knowledge_channels`."""
+    described = summary.get("channels") or {}
+    provenance = {}
+    for channel in channels:
+        record = dict(described.get(channel) or {})
+        if channel == "llm":
+            record.setdefault("llm_version", summary.get("llm_version"))
+            record.setdefault("prompt_version", summary.get("prompt_version"))
+        provenance[channel] = record
+    return provenance
+
+
 def knowledge_variant(
     settings: Settings,
     data: ProtocolData,
     folder: Path | None,
     fraction: float = 1.0,
-    name: str = "na_llm",
+    name: str = "two_channels",
+    channels: tuple[str, ...] = ("facts", "llm"),
 ) -> tuple[Variant, dict]:
-    """The variant for a knowledge folder (None: the plain ID model) in the configured mode,
-    with the folder's summary (LLM version, coverage)."""
+    """The variant for a knowledge folder (None: the plain ID model) with the `channels`
+    it reads (the LLM channel in the configured mode), and the folder's summary (LLM
+    version, coverage, `provenance` of each channel)."""
     if folder is None:
         return Variant(variant_name("base", fraction), fraction=fraction), {}
     mode = settings.recommender.knowledge_mode
-    table, summary = load_knowledge(folder, data.item_ids)
-    if mode == "vectors":
-        return Variant(variant_name(name, fraction), table, fraction), summary
-    if mode != "text":
+    if mode not in ("vectors", "text"):
         raise ValueError(f"knowledge_mode must be 'vectors' or 'text', got {mode!r}")
+    facts, summary = (None, {})
+    if "facts" in channels:
+        facts, summary = load_knowledge(folder, data.item_ids, "facts")
+    table = None
+    if "llm" in channels:
+        table, summary = load_knowledge(folder, data.item_ids, "llm")
+    summary["provenance"] = channel_provenance(summary, channels)
+    variant = Variant(variant_name(name, fraction), table, fraction, facts=facts)
+    if mode == "vectors" or table is None:
+        return variant, summary
     import copy
 
     from streamrec.assets import load_text_encoder
@@ -352,7 +384,7 @@ def knowledge_variant(
         model = copy.deepcopy(encoder.model).train()
         return text_knowledge(model, encoder.tokenizer, texts, encoder.max_length)
 
-    return Variant(variant_name(name, fraction), None, fraction, fresh_text_knowledge), summary
+    return dataclasses.replace(variant, knowledge=None, text_factory=fresh_text_knowledge), summary
 
 
 def train_first_model(settings: Settings, dataset, epochs: int, max_users: int = 0) -> ModelVersion:

@@ -5,6 +5,7 @@ an inner product of two vectors is their cosine similarity."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,11 @@ class TextEncoder:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+
+    @property
+    def name(self) -> str:
+        """The encoder's folder name: which encoder made a vector (its provenance)."""
+        return Path(getattr(self.model.config, "_name_or_path", "") or "unnamed").name
 
     @property
     def dim(self) -> int:

@@ -37,12 +37,16 @@ def build_recommender(
     config: dict | None = None,
     knowledge: torch.Tensor | None = None,
     text=None,
+    facts: torch.Tensor | None = None,
 ) -> SequentialRecommender:
-    """A model by name. `knowledge` [n_items, K] (row 0 = padding) turns on knowledge
-    fusion with pre-encoded vectors; `text` (a `TextKnowledge`) with a trainable encoder."""
+    """A model by name. `knowledge` [n_items, K] (row 0 = padding) turns on the LLM channel
+    with pre-encoded vectors, `text` (a `TextKnowledge`) with a trainable encoder; `facts`
+    [n_items, F] the facts channel."""
     if knowledge is not None and not isinstance(knowledge, torch.Tensor):
         knowledge = torch.as_tensor(knowledge)
-    return model_class_for(name)(n_items, build_config(name, config), knowledge, text)
+    if facts is not None and not isinstance(facts, torch.Tensor):
+        facts = torch.as_tensor(facts)
+    return model_class_for(name)(n_items, build_config(name, config), knowledge, text, facts)
 
 
 __all__ = [

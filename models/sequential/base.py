@@ -22,8 +22,11 @@ from models import artifacts
 from models.knowledge.fusion import KnowledgeFusion, TextKnowledge
 
 FAMILY = "sequential"
-# The knowledge table's key in model.safetensors (a non-persistent buffer in the model).
-KNOWLEDGE_KEY = "fusion.knowledge"
+# The knowledge channels' tables' keys in model.safetensors (non-persistent buffers).
+KNOWLEDGE_KEY = "fusion.knowledge"  # the LLM channel
+FACTS_KEY = "fusion.facts"
+# The single projection of artifacts saved before the two channels: refused, not guessed.
+SINGLE_VECTOR_KEY = "fusion.projection.weight"
 
 
 @dataclass
@@ -38,7 +41,7 @@ class RecommenderConfig:
     # items drawn uniformly per batch (for catalogs too large for the full softmax).
     loss_type: str = "ce"
     num_negatives: int = 1024
-    # Width of the projected knowledge vector concatenated to the ID embedding.
+    # Width of each knowledge channel's projection, concatenated to the ID embedding.
     knowledge_size: int = 64
     knowledge_dropout: float = 0.1
 
@@ -73,6 +76,7 @@ class SequentialRecommender(nn.Module):
         config: RecommenderConfig,
         knowledge: torch.Tensor | None = None,
         text: TextKnowledge | None = None,
+        facts: torch.Tensor | None = None,
     ):
         super().__init__()
         if n_items < 2:
@@ -88,6 +92,7 @@ class SequentialRecommender(nn.Module):
             knowledge_size=config.knowledge_size,
             dropout=config.knowledge_dropout,
             initializer_range=config.initializer_range,
+            facts=facts,
         )
 
     # --- what a model writes -------------------------------------------------
@@ -106,7 +111,12 @@ class SequentialRecommender(nn.Module):
 
     @property
     def knowledge_dim(self) -> int | None:
+        """The LLM channel's width (None without it)."""
         return self.fusion.knowledge_dim
+
+    @property
+    def facts_dim(self) -> int | None:
+        return self.fusion.facts_dim
 
     def item_representations(self) -> torch.Tensor:
         """[n_items, D]: output-side item vectors (knowledge-aware); score = dot product."""
@@ -182,11 +192,14 @@ class SequentialRecommender(nn.Module):
         logits = torch.cat([positive, negative], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros_like(targets))
 
-    def extend_items(self, count: int, knowledge: torch.Tensor | None = None) -> None:
-        """Grow the item tables by `count` new items (indices n_items..n_items+count-1)."""
+    def extend_items(
+        self, count: int, knowledge: torch.Tensor | None = None, facts: torch.Tensor | None = None
+    ) -> None:
+        """Grow the item tables by `count` new items (indices n_items..n_items+count-1), with
+        their LLM channel's and facts channel's rows (zeros where not given)."""
         if count < 1:
             raise ValueError("count must be at least 1")
-        self.fusion.extend(count, knowledge)
+        self.fusion.extend(count, knowledge, facts)
 
     # --- the artifact ------------------------------------------------------------
 
@@ -206,6 +219,8 @@ class SequentialRecommender(nn.Module):
             table = self.fusion.knowledge_table()
         if table is not None:
             state[KNOWLEDGE_KEY] = table.float()
+        if self.fusion.facts is not None:
+            state[FACTS_KEY] = self.fusion.facts.float()
         artifacts.save_tensors(folder, state)
         artifacts.save_tensors(folder, {"item_ids": torch.from_numpy(item_ids)}, artifacts.IDS_FILE)
         return artifacts.save_config(
@@ -225,8 +240,16 @@ class SequentialRecommender(nn.Module):
             raise artifacts.ArtifactError(f"{folder} holds a {model_type} model, not {cls.name}")
         state = artifacts.load_tensors(folder)
         item_ids = artifacts.load_tensors(folder, artifacts.IDS_FILE)["item_ids"].numpy()
+        if SINGLE_VECTOR_KEY in state:
+            raise artifacts.ArtifactError(
+                f"{folder} is a single-vector knowledge model (saved before the facts and LLM "
+                "channels were split): it no longer loads; train it again"
+            )
         knowledge = state.pop(KNOWLEDGE_KEY, None)
-        model = build_recommender(model_type, len(item_ids), document["config"], knowledge)
+        facts = state.pop(FACTS_KEY, None)
+        model = build_recommender(
+            model_type, len(item_ids), document["config"], knowledge, facts=facts
+        )
         try:
             model.load_state_dict(state)
         except RuntimeError as error:

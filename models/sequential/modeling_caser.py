@@ -22,8 +22,8 @@ class Caser(SequentialRecommender):
     name = "caser"
     config_class = CaserConfig
 
-    def __init__(self, n_items: int, config: CaserConfig, knowledge=None, text=None):
-        super().__init__(n_items, config, knowledge, text)
+    def __init__(self, n_items: int, config: CaserConfig, knowledge=None, text=None, facts=None):
+        super().__init__(n_items, config, knowledge, text, facts)
         hidden, window = config.hidden_size, config.window
         self.horizontal = nn.ModuleList(
             nn.Conv1d(hidden, config.n_h, kernel_size=height) for height in range(1, window + 1)

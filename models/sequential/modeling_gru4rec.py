@@ -14,8 +14,8 @@ class GRU4Rec(SequentialRecommender):
     name = "gru4rec"
     config_class = GRU4RecConfig
 
-    def __init__(self, n_items: int, config: GRU4RecConfig, knowledge=None, text=None):
-        super().__init__(n_items, config, knowledge, text)
+    def __init__(self, n_items: int, config: GRU4RecConfig, knowledge=None, text=None, facts=None):
+        super().__init__(n_items, config, knowledge, text, facts)
         self.input_dropout = nn.Dropout(config.dropout_prob)
         self.gru = nn.GRU(
             config.hidden_size, config.gru_hidden_size, config.num_layers, batch_first=True

@@ -90,8 +90,10 @@ class TransformerRecommender(SequentialRecommender):
     """Position table, input norm and dropout, and `n_layers` blocks around the attention a
     subclass builds; the config carries the transformer's shape (n_layers, n_heads, ...)."""
 
-    def __init__(self, n_items: int, config: RecommenderConfig, knowledge=None, text=None):
-        super().__init__(n_items, config, knowledge, text)
+    def __init__(
+        self, n_items: int, config: RecommenderConfig, knowledge=None, text=None, facts=None
+    ):
+        super().__init__(n_items, config, knowledge, text, facts)
         hidden = config.hidden_size
         self.position_embedding = nn.Embedding(config.max_seq_length, hidden)
         self.input_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)

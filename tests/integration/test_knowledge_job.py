@@ -79,13 +79,18 @@ def world(services, tmp_path_factory):
     settings = _settings_from(environment)
     migrate(settings)
     ensure_topics(settings)
-    # The recommender in service before the new items: knowledge-aware, three items.
+    # The recommender in service before the new items: both knowledge channels, three items.
     from models.sequential import build_recommender
 
     torch.manual_seed(0)
-    knowledge = torch.nn.functional.normalize(torch.randn(len(KNOWN_ITEMS) + 1, ENCODER_DIM), dim=1)
-    knowledge[0] = 0
-    model = build_recommender("sasrec", len(KNOWN_ITEMS) + 1, dict(TINY_SASREC), knowledge)
+    knowledge, facts = (
+        torch.nn.functional.normalize(torch.randn(len(KNOWN_ITEMS) + 1, ENCODER_DIM), dim=1)
+        for _ in range(2)
+    )
+    knowledge[0] = facts[0] = 0
+    model = build_recommender(
+        "sasrec", len(KNOWN_ITEMS) + 1, dict(TINY_SASREC), knowledge, facts=facts
+    )
     model.save_pretrained(folder / "v1", np.asarray([0, *KNOWN_ITEMS], dtype=np.int64))
     first = ModelRegistry.from_settings(settings).add(
         "seralm", folder / "v1", VersionMetadata(extra={"note": "base"})
@@ -156,10 +161,8 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     ((_, text, vector),) = rows
     vector = np.asarray(vector, dtype=np.float32)
     assert vector.shape == (ENCODER_DIM,) and abs(np.linalg.norm(vector) - 1) < 1e-4
-    # The vector encodes the item's facts followed by the LLM's knowledge.
-    document = job.template.document(ItemInfo(NEW_ITEM, "Heat", 1995, ("Crime",)), text)
-    assert document.startswith("Heat (1995). Genres: Crime. ")
-    np.testing.assert_allclose(job.encoder.encode([document])[0], vector, atol=1e-5)
+    # The vector is the LLM channel: the LLM's knowledge alone.
+    np.testing.assert_allclose(job.encoder.encode([text])[0], vector, atol=1e-5)
 
     (run,) = list_runs(settings, kind="knowledge", limit=1)
     assert (run.status, run.items_ok, run.llm_version) == ("succeeded", 1, job.llm.version)
@@ -182,6 +185,13 @@ def test_new_item_event_gets_knowledge_a_vector_and_is_recommended(world, tmp_pa
     loaded = SequentialRecommender.from_pretrained(version.path)
     assert loaded.item_ids.tolist() == [0, *KNOWN_ITEMS, NEW_ITEM]
     np.testing.assert_allclose(loaded.model.fusion.knowledge[-1].numpy(), vector, atol=1e-6)
+    # Its facts channel: the catalog's facts of the item, encoded alone.
+    facts = job.template.facts(ItemInfo(NEW_ITEM, "Heat", 1995, ("Crime",)))
+    assert facts == "Heat (1995). Genres: Crime."
+    np.testing.assert_allclose(
+        loaded.model.fusion.facts[-1].numpy(), job.encoder.encode([facts])[0], atol=1e-5
+    )
+    assert version.metadata["knowledge_channels"]["llm"]["llm_version"] == job.llm.version
     scores = loaded.model.full_scores(torch.tensor([[1, 2, 3]]), torch.tensor([3]))
     assert torch.isfinite(scores[0, -1])
 

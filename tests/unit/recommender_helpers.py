@@ -18,6 +18,7 @@ from tests.threads import one_torch_thread
 N_ITEMS = 31  # padding + 30 real items
 LENGTH = 8
 KNOWLEDGE_DIM = 12
+FACTS_DIM = 10
 # What every model's tiny config starts from (the contract tests' window is LENGTH).
 TINY_BASE = {"hidden_size": 16, "max_seq_length": LENGTH, "dropout_prob": 0.0}
 # ... and the self-attention models' (SASRec, LightSANs): one layer of two heads.
@@ -86,17 +87,24 @@ def hit_rate_at_1(model) -> float:
     return float((ranks_from_scores(scores, successor[last]) == 1).float().mean())
 
 
-def knowledge(count: int = N_ITEMS, seed: int = 4) -> torch.Tensor:
-    vectors = torch.randn(count, KNOWLEDGE_DIM, generator=torch.Generator().manual_seed(seed))
+def knowledge(count: int = N_ITEMS, seed: int = 4, dim: int = KNOWLEDGE_DIM) -> torch.Tensor:
+    """Unit vectors per item (row 0, padding, zero): an LLM channel, or `facts(...)`."""
+    vectors = torch.randn(count, dim, generator=torch.Generator().manual_seed(seed))
     vectors = torch.nn.functional.normalize(vectors, dim=-1)
     vectors[0] = 0.0
     return vectors
 
 
+def facts(count: int = N_ITEMS, seed: int = 7) -> torch.Tensor:
+    """A facts channel of another width than the LLM's."""
+    return knowledge(count, seed, FACTS_DIM)
+
+
 def check_learns_successor(name: str, config: dict, with_knowledge: bool = False, **train):
+    """With knowledge: both channels."""
     torch.manual_seed(0)
-    table = knowledge() if with_knowledge else None
-    model = build_recommender(name, N_ITEMS, config, knowledge=table)
+    table, facts_table = (knowledge(), facts()) if with_knowledge else (None, None)
+    model = build_recommender(name, N_ITEMS, config, knowledge=table, facts=facts_table)
     train_on_walks(model, **train)
     hr = hit_rate_at_1(model)
     assert hr >= 0.9, f"{name} HR@1 {hr:.3f} on the successor walks"
@@ -104,7 +112,7 @@ def check_learns_successor(name: str, config: dict, with_knowledge: bool = False
 
 def check_padded_history_scores_finite(name: str, config: dict):
     torch.manual_seed(0)
-    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge()).eval()
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge(), facts=facts()).eval()
     item_seq = torch.zeros(3, LENGTH, dtype=torch.long)
     item_seq[0, :1] = torch.tensor([5])
     item_seq[1, :3] = torch.tensor([7, 8, 9])
@@ -127,10 +135,9 @@ def check_padded_history_scores_finite(name: str, config: dict):
 
 def check_knowledge_only_item(name: str, config: dict):
     torch.manual_seed(0)
-    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge())
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge(), facts=facts())
     train_on_walks(model, steps=20)
-    new = knowledge(2, seed=9)
-    model.extend_items(2, new)
+    model.extend_items(2, knowledge(2, seed=9), facts(2, seed=10))
     assert model.n_items == N_ITEMS + 2
     history = torch.tensor([[3, 4, 0, 0, 0, 0, 0, 0]])
     with torch.no_grad():
@@ -157,9 +164,9 @@ def check_round_trip(name: str, config: dict, folder: Path):
     """save_pretrained / from_pretrained keep the scores, the knowledge table (with the items
     added after training) and the ids, in safetensors and JSON only; a damaged file is refused."""
     torch.manual_seed(0)
-    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge())
+    model = build_recommender(name, N_ITEMS, config, knowledge=knowledge(), facts=facts())
     train_on_walks(model, steps=5)
-    model.extend_items(2, knowledge(2, seed=9))
+    model.extend_items(2, knowledge(2, seed=9), facts(2, seed=10))
     item_ids = np.arange(N_ITEMS + 2, dtype=np.int64) * 10
     model.save_pretrained(folder, item_ids, extra={"dataset": "toy"})
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -174,6 +181,7 @@ def check_round_trip(name: str, config: dict, folder: Path):
             loaded.model.full_scores(history, lengths), model.full_scores(history, lengths)
         )
     torch.testing.assert_close(loaded.model.fusion.knowledge, model.fusion.knowledge)
+    torch.testing.assert_close(loaded.model.fusion.facts, model.fusion.facts)
     assert type(loaded.model) is type(model) and not loaded.model.training
     assert loaded.extra == {"dataset": "toy"}
     np.testing.assert_array_equal(loaded.item_ids, item_ids)

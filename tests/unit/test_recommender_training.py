@@ -8,6 +8,7 @@ import socket
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -179,18 +180,28 @@ def test_knowledge_folder_maps_external_ids_and_low_resource_names(tmp_path):
     torch.testing.assert_close(table[30], torch.tensor([0, 0, 0, 1.0]))
     assert table[2].abs().sum() == 0 and table[0].abs().sum() == 0
     assert summary["coverage"] == 3 / 30
-    variant, _ = knowledge_variant(Settings(data_dir=tmp_path), data, tmp_path, fraction=0.1)
-    assert variant.name == "na_llm@0.1" and variant.knowledge is not None
+    settings = Settings(data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no facts knowledge"):
+        knowledge_variant(settings, data, tmp_path, fraction=0.1)
+    np.save(tmp_path / "facts.npy", 2 * vectors)
+    variant, summary = knowledge_variant(settings, data, tmp_path, fraction=0.1)
+    assert variant.name == "two_channels@0.1"
+    torch.testing.assert_close(variant.knowledge, table)
+    torch.testing.assert_close(variant.facts, 2 * table)
+    assert set(summary["provenance"]) == {"facts", "llm"}
+    facts_only, summary = knowledge_variant(settings, data, tmp_path, 1.0, "facts", ("facts",))
+    assert facts_only.knowledge is None and facts_only.facts is not None
+    assert set(summary["provenance"]) == {"facts"}
 
 
-def test_text_mode_reads_what_the_vectors_encode(tmp_path):
+def test_text_mode_reads_the_llm_channel_text(tmp_path):
     records = [
         {"item_id": 101, "text": "A heist film.", "document": "Heat (1995). A heist film."},
         {"item_id": 103, "description": "A comedy.", "summarization": "For all."},  # older file
     ]
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     texts = item_texts(tmp_path, np.array([0, 101, 102, 103], dtype=np.int64))
-    assert texts == ["", "Heat (1995). A heist film.", "", "A comedy. For all."]
+    assert texts == ["", "A heist film.", "", "A comedy. For all."]
 
 
 def test_cli_errors_are_messages(tmp_path, monkeypatch):

@@ -33,9 +33,10 @@ def item_infos(dataset) -> list:
 
 
 class DocumentOf:
-    """(item, raw sampled continuation) -> the document to encode: parsed like the knowledge
-    job parses it (the prompt ends with the answer's opening, put back), after the item's
-    facts as the template writes them, so sampled and cached vectors mean the same."""
+    """(item, raw sampled continuation) -> the LLM channel's text to encode: parsed like the
+    knowledge job parses it (the prompt ends with the answer's opening, put back), alone
+    (the facts are their own channel, which alignment never rewrites), so sampled and
+    cached vectors mean the same."""
 
     def __init__(self, template, infos: list):
         self.template = template
@@ -44,8 +45,7 @@ class DocumentOf:
     def __call__(self, item: int, continuation: str) -> str:
         from models.knowledge.parsing import parse_knowledge
 
-        knowledge = parse_knowledge(self.template.response_prefix + continuation).text
-        return self.template.document(self.infos[item], knowledge)
+        return parse_knowledge(self.template.response_prefix + continuation).text
 
 
 class Encoder:
@@ -86,7 +86,12 @@ def chat_prompts(tokenizer, template, infos: list) -> list[str]:
 
 
 def pretrained_recommender(
-    settings, data: ProtocolData, knowledge: torch.Tensor | None, checkpoint: str, device
+    settings,
+    data: ProtocolData,
+    knowledge: torch.Tensor | None,
+    checkpoint: str,
+    device,
+    facts: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """A checkpoint folder's recommender, else one trained here like `streamrec train`
     trains it (windows of each user's training sequence, early stopping on validation
@@ -107,6 +112,8 @@ def pretrained_recommender(
     )
     kind = "with" if knowledge is not None else "without"
     log.info("training %s %s knowledge", alignment.recommender, kind)
-    run = train_run(config, data, alignment.recommender, alignment.seed, knowledge=knowledge)
+    run = train_run(
+        config, data, alignment.recommender, alignment.seed, knowledge=knowledge, facts=facts
+    )
     log.info("%s %s knowledge: test %s", alignment.recommender, kind, run.test)
     return run.model

@@ -92,19 +92,19 @@ def regenerate_knowledge(
     batch_size: int,
     max_new_tokens: int,
 ) -> torch.Tensor:
-    """`table` with the rows of `items` (inner ids) rewritten by the (aligned) LLM, greedily,
-    as the knowledge job writes them. The whole catalog takes a while: a bar shows it."""
+    """The LLM channel's `table` with the rows of `items` (inner ids) rewritten by the
+    (aligned) LLM, greedily, each text encoded alone as `knowledge generate` encodes it.
+    The whole catalog takes a while: a bar shows it."""
     from tqdm import tqdm
 
     from models.knowledge.generation import KnowledgeGenerator
-    from workers.knowledge_pipeline import documents
 
     generator = KnowledgeGenerator(policy, tokenizer, template, batch_size, max_new_tokens)
     policy.eval()
     shown = [infos[item] for item in items]
     with tqdm(total=len(items), desc="aligned knowledge", unit="item") as bar:
         texts = generator.generate(shown, on_batch=lambda done: bar.update(len(done)))
-    vectors = torch.as_tensor(encode(documents(template, shown, texts)))
+    vectors = torch.as_tensor(encode([text.text for text in texts]))
     table = table.clone()
     table[torch.as_tensor(items)] = vectors.to(table.dtype)
     return table
@@ -198,7 +198,7 @@ def prepare(settings, dataset_name: str) -> Prepared:
     from streamrec.assets import load_llm
     from streamrec.datasets import load_dataset
     from workers.knowledge_pipeline import load_encoder
-    from workers.recommender_training import load_knowledge, protocol_data
+    from workers.recommender_training import channel_provenance, load_knowledge, protocol_data
 
     alignment = settings.alignment
     device = resolve_device(alignment.device)
@@ -207,11 +207,13 @@ def prepare(settings, dataset_name: str) -> Prepared:
     data = protocol_data(dataset)
     folder = Path(alignment.knowledge_dir or settings.data_dir / "knowledge" / dataset_name)
     table, summary = load_knowledge(folder, data.item_ids)
+    facts, _ = load_knowledge(folder, data.item_ids, "facts")  # the channel left as it is
+    summary["provenance"] = channel_provenance(summary, ("facts", "llm"))
     frozen = pretrained_recommender(settings, data, None, alignment.base_checkpoint, device)
     for param in frozen.parameters():
         param.requires_grad_(False)
     recommender = pretrained_recommender(
-        settings, data, table, alignment.knowledge_checkpoint, device
+        settings, data, table, alignment.knowledge_checkpoint, device, facts=facts
     )
     llm, tokenizer = load_llm(alignment.llm_path or None, settings, device=str(device))
     policy = policy_for(llm, settings, device)

@@ -46,7 +46,19 @@ def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) 
                 metrics=metrics,
                 llm_version=f"{base_llm}+{adapter.version}",
                 adapter_version=adapter.version,
-                extra={"run": summary},
+                extra={"run": summary, "knowledge_channels": aligned_provenance(prepared, adapter)},
             ),
         )
     return adapter, seralm
+
+
+def aligned_provenance(prepared: Prepared, adapter) -> dict:
+    """Both channels' provenance after alignment: the facts as they were, the LLM channel
+    rewritten by the LLM with the new adapter."""
+    provenance = {
+        key: dict(value) for key, value in prepared.knowledge_summary["provenance"].items()
+    }
+    llm = provenance["llm"]
+    llm["llm_version"] = f"{llm.get('llm_version') or 'default'}+{adapter.version}"
+    llm["adapter_version"] = adapter.version
+    return provenance

@@ -67,7 +67,10 @@ def train(
     model: Annotated[str, typer.Option(help=f"{MODELS}.")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-100k",
     knowledge: Annotated[
-        str | None, typer.Option(help="Knowledge folder (vectors.npy, item_ids.npy).")
+        str | None,
+        typer.Option(
+            help="Knowledge folder (vectors.npy, facts.npy, item_ids.npy): both channels."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2020,
     fraction: Annotated[
@@ -90,7 +93,11 @@ def train(
         variant,
         [seed],
         save_to=lambda _seed: folder,
-        extra={"knowledge_dir": knowledge, "llm_version": summary.get("llm_version")},
+        extra={
+            "knowledge_dir": knowledge,
+            "llm_version": summary.get("llm_version"),
+            "knowledge_channels": summary.get("provenance"),
+        },
     )
     print(json.dumps(row, indent=1))
     console.print(f"checkpoint written to {folder}")
@@ -102,7 +109,12 @@ def train(
             registry.VersionMetadata(
                 metrics=row["metrics"],
                 llm_version=summary.get("llm_version"),
-                extra={"dataset": dataset, "model": model.lower(), "variant": variant.name},
+                extra={
+                    "dataset": dataset,
+                    "model": model.lower(),
+                    "variant": variant.name,
+                    "knowledge_channels": summary.get("provenance"),
+                },
             ),
         )
         console.print(f"published {version.family}/{version.version}")
