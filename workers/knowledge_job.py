@@ -169,7 +169,7 @@ class KnowledgeJob:
         rows = rows_version(self.template.version)
         try:
             with JobRecorder(self.settings, "knowledge", llm_version=self.llm.version) as run:
-                record_target(client, run.run_id, self.llm.version, self.template.version)
+                record_target(client, run.run_id, self.llm.version, rows)
                 requested = set(self._drain_requests(consumer))
                 pending = self._missing_items(client)
                 pending_ids = {item.item_id for item in pending}
@@ -198,7 +198,7 @@ class KnowledgeJob:
                             client,
                             run.run_id,
                             self.llm.version,
-                            self.template.version,
+                            rows,
                             [item.item_id for item in chunk],
                             failures[-1],
                         )
