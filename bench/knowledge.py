@@ -5,7 +5,8 @@
 
 Each batch size generates knowledge for max(batch size, --items) MovieLens-100K items
 (the same first items every time, no cache) and encodes it; the figure is items over the
-seconds of both. CPU always; a GPU too when there is one (else "gpu": null). The anchor:
+seconds of both. The CPU and a GPU when there is one (else "gpu": null); `--devices cuda`
+measures the GPU alone (bench/gpu.sh: the CPU at batch 256 would take its whole slot). The anchor:
 SeRALM reports 2.57 s per item with a 7B LLM on an A100.
 """
 
@@ -70,20 +71,28 @@ def main() -> None:
     options.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     options.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
     options.add_argument("--max-new-tokens", type=int, default=48)
+    options.add_argument(
+        "--devices", nargs="+", default=["cpu", "cuda"], help="cuda only where there is one"
+    )
     args = options.parse_args()
 
     settings = get_settings()
     settings.knowledge.threads = args.threads
     items = dataset_items(load_dataset(DATASET, settings))
     report = {"llm": None, "cpu": None, "gpu": None}
-    settings.knowledge.device = "cpu"
-    report["cpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
-    report["cpu"]["threads"] = torch.get_num_threads()
-    if torch.cuda.is_available():
+    if "cpu" in args.devices:
+        settings.knowledge.device = "cpu"
+        report["cpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
+        report["cpu"]["threads"] = torch.get_num_threads()
+    if "cuda" in args.devices and torch.cuda.is_available():
         settings.knowledge.device = "cuda"
         report["gpu"] = measure(settings, items, args.batch_sizes, args.items, args.max_new_tokens)
         report["gpu"]["device"] = torch.cuda.get_device_name()
-    report["llm"] = report["cpu"].pop("llm")
+        report["gpu"]["dtype"] = settings.knowledge.dtype
+    measured = [report[side] for side in ("cpu", "gpu") if report[side]]
+    report["llm"] = measured[0]["llm"] if measured else None
+    for side in measured:
+        side.pop("llm")
     report.update(
         {
             "dataset": DATASET,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.device import resolve_device
+from models.device import resolve_device, resolve_dtype
 from models.knowledge.cache import KnowledgeCache
 from models.knowledge.encoding import TextEncoder
 from models.knowledge.generation import KnowledgeGenerator, KnowledgeText
@@ -81,8 +81,9 @@ def load_knowledge_llm(
     if settings.knowledge.threads:
         torch.set_num_threads(settings.knowledge.threads)
     path = llm_path or settings.knowledge.llm_path or settings.assets.llm_path
-    device = str(resolve_device(settings.knowledge.device))
-    model, tokenizer = load_llm(path or None, settings=settings, device=device)
+    device = resolve_device(settings.knowledge.device)
+    dtype = resolve_dtype(settings.knowledge.dtype, device)
+    model, tokenizer = load_llm(path or None, settings=settings, device=str(device), dtype=dtype)
     folder = Path(path).expanduser() if path else fetch_assets(settings).llm
     version = f"{folder.name}@{_folder_digest(folder)}"
     chosen = _adapter(settings, settings.knowledge.adapter if adapter is None else adapter)

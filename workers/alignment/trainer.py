@@ -72,6 +72,7 @@ class IterationRecord:
     mean_ratio: float
     kl: float
     rec_loss: float
+    llm_loss: float = 0.0  # the policy-gradient loss plus alpha * KL
     texts: list[str] = field(default_factory=list)
 
 
@@ -114,8 +115,8 @@ class AlignmentTrainer:
 
     # -- one iteration ------------------------------------------------------------------
 
-    def step(self, experience: Experience) -> tuple[float, float, float]:
-        """Update Rec and the LLM on one batch; (mean ratio, mean KL, Rec loss)."""
+    def step(self, experience: Experience) -> tuple[float, float, float, float]:
+        """Update Rec and the LLM on one batch; (mean ratio, mean KL, Rec loss, LLM loss)."""
         task, sampling = self.sampler.task, self.sampler.config
         device = sampling.device
         indices = experience.indices
@@ -155,7 +156,12 @@ class AlignmentTrainer:
         self.llm_optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         self.llm_optimizer.step()
-        return float(ratios.mean()), float(loss.kl.detach()), float(rec_loss.detach())
+        return (
+            float(ratios.mean()),
+            float(loss.kl.detach()),
+            float(rec_loss.detach()),
+            float(loss.total.detach()),
+        )
 
     def snapshot(self, version: int) -> Snapshot:
         return Snapshot(
@@ -179,7 +185,7 @@ class AlignmentTrainer:
         return self._run_async(progress) if mode == "async" else self._run_sync(progress)
 
     def _record(self, iteration, experience, fresh, step_result) -> IterationRecord:
-        mean_ratio, kl, rec_loss = step_result
+        mean_ratio, kl, rec_loss, llm_loss = step_result
         ITERATIONS.labels(mode="async" if self._async else "sync").inc()
         MEAN_RATIO.set(mean_ratio)
         KL.set(kl)
@@ -190,6 +196,7 @@ class AlignmentTrainer:
             mean_ratio=mean_ratio,
             kl=kl,
             rec_loss=rec_loss,
+            llm_loss=llm_loss,
             texts=list(experience.texts) if self.config.keep_texts else [],
         )
 
