@@ -112,10 +112,15 @@ def _na_knowledge(settings, args, out: Path, items: list[int]) -> Path:
     )
     if not args.na_items_here:
         return folder
-    device = str(resolve_device(settings.alignment.device))
     dataset = load_dataset(args.dataset, settings)
+    ids = [dataset.items[i].external_id for i in items]
+    base = str(folder) if (folder / "vectors.npy").is_file() else None
+    if _written_before(out, ids, base, args.max_new_tokens):
+        log.info("not-aligned knowledge of those %d items: reused from %s", len(items), out)
+        return out
+    device = str(resolve_device(settings.alignment.device))
     encode = Encoder(load_encoder(settings, device=device))
-    if (folder / "vectors.npy").is_file():
+    if base:
         table, summary = load_knowledge(folder, external_ids(dataset))
         summary["base_folder"] = str(folder)
     else:
@@ -137,9 +142,32 @@ def _na_knowledge(settings, args, out: Path, items: list[int]) -> Path:
     kept = [item for item in sorted(dataset.items) if bool(table[item].any())]
     np.save(out / "vectors.npy", table[kept].numpy())
     np.save(out / "item_ids.npy", np.array([dataset.items[i].external_id for i in kept]))
-    summary = {**summary, "llm_version": "not-aligned", "items_written_here": len(items)}
+    summary = {
+        **summary,
+        "llm_version": "not-aligned",
+        "items_written_here": len(items),
+        "items": ids,
+        "max_new_tokens": args.max_new_tokens,
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     return out
+
+
+def _written_before(out: Path, ids: list[int], base: str | None, max_new_tokens: int) -> bool:
+    """Whether `out` already holds these items' not-aligned knowledge over the same base (a
+    rerun skips the generation). Without a base the folder holds exactly those items."""
+    try:
+        done = json.loads((out / "summary.json").read_text())
+        written = done.get("items")
+        if written is None and done.get("base_folder") is None:
+            written = np.load(out / "item_ids.npy").tolist()
+    except (OSError, ValueError):
+        return False
+    return (
+        written == ids
+        and done.get("base_folder") == base
+        and done.get("max_new_tokens", max_new_tokens) == max_new_tokens
+    )
 
 
 class Report:
@@ -238,7 +266,10 @@ def _seed_rows(settings, args, seed: int, items: list[int], report: Report) -> N
         parts.recommender = copy.deepcopy(na_rec)
         parts.task.resample = overrides.pop("resample", settings.alignment.resample)
         progress = report.curve(seed, variant)
-        run = align(parts, _with(settings, **overrides), progress=progress, keep_texts=True)
+        stop_at = time.monotonic() + 60 * args.align_minutes if args.align_minutes else None
+        run = align(
+            parts, _with(settings, **overrides), progress=progress, keep_texts=True, stop_at=stop_at
+        )
         summary = run_summary(run, overrides.get("refresh_interval", args.refresh))
         report.runs.setdefault(variant, {})[seed] = summary
         log.info("seed %d %s: %s", seed, variant, summary)
@@ -291,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu", action="store_true", help="One seed of base, na_llm and seralm, CPU-sized."
     )
     options.add_argument("--iterations", type=int, default=None, help="Alignment iterations.")
+    options.add_argument(
+        "--align-minutes",
+        type=float,
+        default=None,
+        help="Stop each alignment run after this long (its evaluation still runs).",
+    )
     options.add_argument("--refresh", type=int, default=None, help="Snapshot refresh interval.")
     options.add_argument("--speed-iterations", type=int, default=20)
     options.add_argument("--batch-size", type=int, default=None)
@@ -352,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"device {device}; LLM {chosen.llm_path or 'SmolLM2-135M-Instruct'}; "
         f"{len(args.seeds)} seed(s); {chosen.iterations} alignment iterations of batch "
-        f"{chosen.batch_size}, refresh every {args.refresh}; {chosen.max_new_tokens} new tokens; "
+        f"{chosen.batch_size} (stopping after {args.align_minutes or 'no limit of'} minutes; "
+        f"the runs' `iterations` say how many ran), refresh every {args.refresh}; "
+        f"{chosen.max_new_tokens} new tokens; "
         f"{chosen.max_examples or 'all'} training examples; Rec pretrained at most "
         f"{chosen.pretrain_epochs} epochs; aligned knowledge regenerated for {len(items)} items "
         f"(the evaluated users' targets and last items, plus the {args.popular_items} most "

@@ -149,10 +149,16 @@ class AlignmentParts:
 
 
 def align(
-    parts: AlignmentParts, settings, mode: str | None = None, progress=None, keep_texts=False
+    parts: AlignmentParts,
+    settings,
+    mode: str | None = None,
+    progress=None,
+    keep_texts: bool = False,
+    stop_at: float | None = None,
 ) -> AlignmentRun:
     """Algorithm 1 on `parts` (the policy and Rec are trained in place); `keep_texts` keeps
-    each iteration's sampled texts in its record."""
+    each iteration's sampled texts in its record; no iteration starts after `stop_at`
+    (`time.monotonic()`), so a bench's evaluation still fits its time."""
     alignment = settings.alignment
     sampler = KnowledgeSampler(
         parts.policy,
@@ -185,6 +191,7 @@ def align(
         threads_per_process=alignment.threads_per_process,
         seed=alignment.seed,
         keep_texts=keep_texts,
+        stop_at=stop_at,
     )
     return AlignmentTrainer(sampler, config).run(mode or alignment.mode, progress=progress)
 

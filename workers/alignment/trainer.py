@@ -62,6 +62,7 @@ class TrainerConfig:
     threads_per_process: int = 0
     seed: int = 0
     keep_texts: bool = False
+    stop_at: float | None = None  # time.monotonic() after which no iteration starts
 
 
 @dataclass
@@ -200,6 +201,9 @@ class AlignmentTrainer:
             texts=list(experience.texts) if self.config.keep_texts else [],
         )
 
+    def _out_of_time(self) -> bool:
+        return self.config.stop_at is not None and time.monotonic() >= self.config.stop_at
+
     def _batch_indices(self, rng: random.Random) -> torch.Tensor:
         n = len(self.sampler.task)
         size = self.sampler.config.batch_size
@@ -214,6 +218,8 @@ class AlignmentTrainer:
         records, batch_checksums = [], []
         started = time.perf_counter()
         for iteration in range(1, self.config.iterations + 1):
+            if self._out_of_time():
+                break
             self.sampler.version = iteration - 1
             experience = self.sampler.sample(self._batch_indices(rng))
             batch_checksums.append((experience.snapshot_version, experience.snapshot_checksum))
@@ -222,9 +228,7 @@ class AlignmentTrainer:
             if progress:
                 progress(iteration, records[-1])
         seconds = time.perf_counter() - started
-        return AlignmentRun(
-            "sync", self.config.iterations, seconds, records, [], {}, batch_checksums, 0, 0.0
-        )
+        return AlignmentRun("sync", len(records), seconds, records, [], {}, batch_checksums, 0, 0.0)
 
     def _run_async(self, progress) -> AlignmentRun:
         self._async = True
@@ -265,6 +269,8 @@ class AlignmentTrainer:
         started = time.perf_counter()
         try:
             for iteration in range(1, self.config.iterations + 1):
+                if self._out_of_time():
+                    break
                 fresh = self._take_fresh(batches, block=not replay, process=process)
                 if fresh is None:
                     experience = rng.choice(replay)
@@ -302,7 +308,7 @@ class AlignmentTrainer:
                 process.join(timeout=10)
         return AlignmentRun(
             "async",
-            self.config.iterations,
+            len(records),
             seconds,
             records,
             refreshes,
