@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{chosen.max_examples or 'all'} training examples; Rec pretrained at most "
         f"{chosen.pretrain_epochs} epochs; aligned knowledge regenerated for {len(items)} items "
         f"(the evaluated users' targets and last items, plus the {args.popular_items} most "
-        f"popular); {args.eval_users or 'all'} test users; re-sampling {chosen.resample}. "
+        f"popular); {args.eval_users or 'all'} test users; re-sampling {chosen.resample}; "
+        f"{chosen.mode} mode. "
         f"{args.note}"
     ).strip()
 

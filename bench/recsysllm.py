@@ -29,6 +29,13 @@ from streamrec.datasets import load_dataset
 from streamrec.settings import Settings
 from workers import recsysllm_training as training
 
+# Each model: the RecSysLLMConfig parts switched off, and whether next items are decoded
+# through the trie.
+MODELS = {
+    "recsysllm": ({}, True),
+    "sft": ({"intra_positions": False, "masked_texts": False}, False),
+}
+
 
 def rows_for(model: str, dataset: str, seed: int, metrics: dict, note: str) -> list[dict]:
     return [
@@ -49,6 +56,9 @@ def main() -> None:
     options.add_argument("--steps", type=int, default=60)
     options.add_argument("--eval-users", type=int, default=10, help="users of every task")
     options.add_argument("--rank-users", type=int, default=0, help="users of candidate ranking")
+    options.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=MODELS, help="one may run apart"
+    )
     args = options.parse_args()
     use_threads(args.threads)
     settings = Settings()
@@ -71,10 +81,8 @@ def main() -> None:
         f"{args.eval_users} evaluation users ({len(ranked)} for candidate ranking), one seed"
     )
     rows, seconds = [], {}  # seconds: training plus evaluation, per model
-    for name, variant, constrained in (
-        ("recsysllm", {}, True),
-        ("sft", {"intra_positions": False, "masked_texts": False}, False),
-    ):
+    for name in args.models:
+        variant, constrained = MODELS[name]
         started = time.perf_counter()
         artifact = training.train_recsysllm(settings, data, users, **variant)
         metrics = training.evaluate(settings, artifact, data, held_out, constrained)
