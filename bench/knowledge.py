@@ -11,8 +11,10 @@ quantisation). Each batch size generates max(batch size, --items) items (the sam
 items every time, no text cache) and encodes them; the figure is items over the seconds
 of both, with the generator's prefill and decode split. `--catalog` then times
 `streamrec knowledge generate --dataset ml-100k` with the defaults from an empty cache
-(a child process, its wall time). CPU only. The anchor: SeRALM reports 2.57 s per item
-with a 7B LLM on an A100.
+(a child process, its wall time). `--devices cpu` by default; `--devices cuda` measures
+a GPU alone (bench/gpu.sh), without the int8 variant, which is CPU-only. The result's
+`cpu` and `gpu` sections hold each device's default variant by batch size. The anchor:
+SeRALM reports 2.57 s per item with a 7B LLM on an A100.
 """
 
 from __future__ import annotations
@@ -93,32 +95,68 @@ def catalog(threads: int) -> dict:
     }
 
 
+def device_section(rows: dict, variant: str) -> dict:
+    """One device's figures in the shape bench/gpu.sh reads: `variant` by batch size, and
+    the best of every variant."""
+    by_batch = {str(r["batch_size"]): r for r in rows.values() if r["variant"] == variant}
+    best = max(rows.values(), key=lambda row: row["items_per_s"])
+    return {
+        "by_batch": by_batch,
+        "best_items_per_s": best["items_per_s"],
+        "best_batch": best["batch_size"],
+        "best_variant": best["variant"],
+    }
+
+
 def main() -> None:
     options = parser("knowledge", __doc__, threads=True)
     options.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     options.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     options.add_argument("--items", type=int, default=4, help="Fewest items per batch size.")
+    options.add_argument("--max-new-tokens", type=int, help="Instead of the setting's.")
+    options.add_argument(
+        "--devices", nargs="+", default=["cpu"], help="cpu and/or cuda (where there is one)"
+    )
     options.add_argument("--catalog", action="store_true", help="Also time the whole catalog.")
     args = options.parse_args()
 
     settings = get_settings()
     settings.knowledge.threads = args.threads  # 0: the free cores, as the job chooses
-    settings.knowledge.device = "cpu"
+    if args.max_new_tokens:
+        settings.knowledge.max_new_tokens = args.max_new_tokens
     items = dataset_items(load_dataset(DATASET, settings))
-    llms = {False: load_knowledge_llm(settings)}
-    if "prefix_int8" in args.variants:
-        llms[True] = load_knowledge_llm(with_overrides(settings, "knowledge", int8=True))
-    encoder = load_encoder(settings)
-    rows = measure(settings, llms, encoder, items, args.variants, args.batch_sizes, args.items)
-    baseline = rows.get(f"{args.variants[0]}/1", {}).get("items_per_s")
-    best = max(rows.values(), key=lambda row: row["items_per_s"])
     defaults = settings.knowledge
     default_variant = (
         "prefix_int8" if defaults.int8 else "prefix" if defaults.prefix_cache else "whole"
     )
+    sections, measured = {"cpu": None, "gpu": None}, {}
+    for device in args.devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            continue
+        settings.knowledge.device = device
+        # torch's dynamic int8 quantisation runs on a CPU only.
+        variants = [v for v in args.variants if device == "cpu" or not VARIANTS[v][1]]
+        llms = {False: load_knowledge_llm(settings)}
+        if "prefix_int8" in variants:
+            llms[True] = load_knowledge_llm(with_overrides(settings, "knowledge", int8=True))
+        encoder = load_encoder(settings)
+        rows = measure(settings, llms, encoder, items, variants, args.batch_sizes, args.items)
+        side = "cpu" if device == "cpu" else "gpu"
+        shown = default_variant if default_variant in variants else variants[0]
+        sections[side] = device_section(rows, shown)
+        if side == "cpu":
+            sections[side]["threads"] = torch.get_num_threads()
+        else:
+            sections[side].update(device=torch.cuda.get_device_name(), dtype=defaults.dtype)
+        measured.setdefault("rows", rows)
+        measured.setdefault("variants", variants)
+        measured.setdefault("llm", llms[False])
+    rows, variants, llm = measured["rows"], measured["variants"], measured["llm"]
+    baseline = rows.get(f"{variants[0]}/1", {}).get("items_per_s")
+    best = max(rows.values(), key=lambda row: row["items_per_s"])
     report = {
         "batch_1_items_per_s": baseline,
-        "batch_1_variant": args.variants[0],
+        "batch_1_variant": variants[0],
         "best_items_per_s": best["items_per_s"],
         "best_batch": best["batch_size"],
         "best_variant": best["variant"],
@@ -127,9 +165,9 @@ def main() -> None:
         "default_batch_size": defaults.batch_size,
         "catalog_seconds": None,
         "by_variant_and_batch": rows,
-        "llm": llms[False].name,
-        "llm_version": llms[False].version,
-        "threads": torch.get_num_threads(),
+        **sections,
+        "llm": llm.name,
+        "llm_version": llm.version,
         "dataset": DATASET,
         "max_new_tokens": defaults.max_new_tokens,
         "min_items_per_batch_size": args.items,

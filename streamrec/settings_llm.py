@@ -20,6 +20,7 @@ class KnowledgeSettings(BaseModel):
     # registry version), or empty for none. It is part of the LLM version string.
     adapter: str = ""
     device: str = "auto"  # "auto": cuda when there is one
+    dtype: str = "auto"  # the LLM's weights; "auto": bfloat16 on cuda, float32 on a CPU
     # Prompt template per dataset (movies, books, generic); datasets not listed get
     # `default_domain`, and so do catalog items in the knowledge job unless `job_domain` is set.
     dataset_domains: dict[str, str] = {
@@ -113,7 +114,10 @@ class AlignmentSettings(BaseModel):
     pretrain_epochs: int = 200
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 1e-3
-    # Greedy regeneration of every item's knowledge with the aligned LLM, for evaluation.
+    # Greedy regeneration with the aligned LLM, for evaluation, of the evaluated users'
+    # targets and re-sampled history items plus this many most popular items (the rest
+    # keep their cached knowledge; the knowledge job rewrites every item after a run).
+    regenerate_popular_items: int = 100
     regenerate_batch_size: int = 16
     regenerate_max_new_tokens: int = 96
     publish: bool = True

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.device import free_cpu_threads, resolve_device
+from models.device import free_cpu_threads, resolve_device, resolve_dtype
 from models.knowledge.cache import KnowledgeCache
 from models.knowledge.encoding import TextEncoder
 from models.knowledge.generation import KnowledgeGenerator, KnowledgeText
@@ -80,11 +80,12 @@ def load_knowledge_llm(
     from streamrec.assets import fetch_assets, load_llm
 
     path = llm_path or settings.knowledge.llm_path or settings.assets.llm_path
-    device = str(resolve_device(settings.knowledge.device))
-    if device == "cpu":
+    device = resolve_device(settings.knowledge.device)
+    if device.type == "cpu":
         torch.set_num_threads(settings.knowledge.threads or free_cpu_threads())
-    model, tokenizer = load_llm(path or None, settings=settings, device=device)
-    if device == "cpu":  # eager attention decodes faster than torch's SDPA on a CPU
+    dtype = resolve_dtype(settings.knowledge.dtype, device)
+    model, tokenizer = load_llm(path or None, settings=settings, device=str(device), dtype=dtype)
+    if device.type == "cpu":  # eager attention decodes faster than torch's SDPA on a CPU
         model.set_attn_implementation("eager")
     folder = Path(path).expanduser() if path else fetch_assets(settings).llm
     version = f"{folder.name}@{_folder_digest(folder)}"
@@ -96,7 +97,7 @@ def load_knowledge_llm(
         model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
         model.eval()
         version += f"+lora:{adapter_version}"
-    if settings.knowledge.int8 and device == "cpu":
+    if settings.knowledge.int8 and device.type == "cpu":
         with warnings.catch_warnings():  # torch marks its quantised tensors deprecated
             warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from models.metrics import CUTOFFS, ranking_metrics, ranks_from_scores, ranks_in_lists
+from models.metrics import CUTOFFS, hit_rate, ranking_metrics, ranks_from_scores, ranks_in_lists
 from models.recsysllm.artifact import RecSysLLMArtifact
 from models.recsysllm.configuration_recsysllm import RecSysLLMConfig
 from models.recsysllm.modeling_recsysllm import RecSysLLM, add_marker_tokens
@@ -137,6 +137,21 @@ def _default_llm_path(settings: Settings) -> Path:
     return fetch_assets(settings).llm
 
 
+def _next_items(artifact, ids, positions, seen_items, constrained: bool):
+    """The model's next items for one prompt and whether all of them are catalog items:
+    trie-constrained beams, or one free greedy text, as a plainly fine-tuned LLM answers."""
+    model = artifact.model
+    if constrained:
+        found = model.beam_search_entities(
+            ids, positions, artifact.trie, max(CUTOFFS), exclude=seen_items
+        )
+        items = [artifact.item_of[tuple(tokens)] for tokens, _ in found]
+        return items, float(all(tuple(t) in artifact.trie for t, _ in found))
+    tokens = generate_text(model, ids, positions, lambda g: [0] * len(g), 32)
+    items = [artifact.item_of[tuple(tokens)]] if tuple(tokens) in artifact.item_of else []
+    return items, float(bool(items))
+
+
 @torch.no_grad()
 def evaluate(
     settings: Settings,
@@ -144,9 +159,11 @@ def evaluate(
     data: RecSysLLMData,
     users: list[int],
     constrained: bool = True,
+    tasks: tuple[str, ...] = ("next_item", "candidates", "rating"),
 ) -> dict[str, dict[str, float]]:
-    """Metrics per task and prompt set ("next_item/seen", "rating/unseen", ...);
-    `constrained` False decodes next items as free text (no trie).
+    """Metrics per task and prompt set ("next_item/seen", "rating/unseen", ...), each with
+    the users it counted; `constrained` False decodes next items as free text (no trie).
+    `tasks` leaves some out: candidate ranking alone is cheap enough for many users.
 
     Next items are a top-20 list that never holds one of the user's earlier items
     (the protocol's mask, `ranks_in_lists`); candidates are ranked by their scores
@@ -177,32 +194,24 @@ def evaluate(
         rng.shuffle(pool)
         for seen in (True, False):
             label = "seen" if seen else "unseen"
-            prompt = writer.prompt(templates("next_item", seen)[0], context)
-            ids, positions = writer.inference_input(prompt)
-            if constrained:
-                found = model.beam_search_entities(
-                    ids, positions, artifact.trie, max(CUTOFFS), exclude=seen_items
+            if "next_item" in tasks:
+                prompt = writer.prompt(templates("next_item", seen)[0], context)
+                ids, positions = writer.inference_input(prompt)
+                items, valid = _next_items(artifact, ids, positions, seen_items, constrained)
+                rank = float(ranks_in_lists([items], [target])[0])
+                record(f"next_item/{label}", rank=rank, valid=valid)
+            if "candidates" in tasks:
+                prompt = writer.prompt(
+                    templates("candidates", seen)[0],
+                    context,
+                    candidates=candidate_segments([data.titles[i] for i in pool]),
                 )
-                items = [artifact.item_of[tuple(tokens)] for tokens, _ in found]
-                valid = float(all(tuple(t) in artifact.trie for t, _ in found))
-            else:  # free greedy text, as a plainly fine-tuned LLM answers: one item
-                tokens = generate_text(model, ids, positions, lambda g: [0] * len(g), 32)
-                items = (
-                    [artifact.item_of[tuple(tokens)]] if tuple(tokens) in artifact.item_of else []
-                )
-                valid = float(bool(items))
-            rank = float(ranks_in_lists([items], [target])[0])
-            record(f"next_item/{label}", rank=rank, valid=valid)
-            prompt = writer.prompt(
-                templates("candidates", seen)[0],
-                context,
-                candidates=candidate_segments([data.titles[i] for i in pool]),
-            )
-            ids, positions = writer.inference_input(prompt)
-            scores = model.sequence_scores(ids, positions, [artifact.item_tokens[i] for i in pool])
-            rank = int(ranks_from_scores(scores.unsqueeze(0), [pool.index(target)])[0])
-            record(f"candidates/{label}", rank=rank, valid=1.0)
-            if history.ratings[-1] is not None:
+                ids, positions = writer.inference_input(prompt)
+                items = [artifact.item_tokens[i] for i in pool]
+                scores = model.sequence_scores(ids, positions, items)
+                rank = int(ranks_from_scores(scores.unsqueeze(0), [pool.index(target)])[0])
+                record(f"candidates/{label}", rank=rank, valid=1.0)
+            if "rating" in tasks and history.ratings[-1] is not None:
                 prompt = writer.prompt(
                     templates("rating", seen)[0], context, item=data.titles[target]
                 )
@@ -213,7 +222,7 @@ def evaluate(
     metrics = {}
     for key, values in results.items():
         if "rank" in values:
-            metrics[key] = ranking_metrics(values["rank"])
+            metrics[key] = {"hr@1": hit_rate(values["rank"], 1), **ranking_metrics(values["rank"])}
             metrics[key]["valid_item_rate"] = float(np.mean(values["valid"]))
         else:
             errors = np.array(values["error"])
@@ -221,6 +230,7 @@ def evaluate(
                 "rmse": float(np.sqrt((errors**2).mean())),
                 "mae": float(np.abs(errors).mean()),
             }
+        metrics[key]["users"] = len(next(iter(values.values())))
     return metrics
 
 

@@ -9,10 +9,11 @@ here. The pieces, in order:
    folders (contract 1) or are trained here as `streamrec train` trains them
    (`workers.alignment.data`);
 3. the LLM gets LoRA adapters; Algorithm 1 runs (async or sync);
-4. the knowledge of the evaluated items is regenerated with the aligned LLM
-   (greedy, with the knowledge engineer's prompt and parser), and Rec is
-   evaluated on it under the project's protocol (full ranking, every earlier item of
-   the user masked: `models.training.evaluate` on `protocol_data`'s test task);
+4. the knowledge of the items the evaluation needs (`evaluation_items`) is
+   regenerated with the aligned LLM (greedy, with the knowledge engineer's prompt and
+   parser), and Rec is evaluated on it under the project's protocol (full ranking, every
+   earlier item of the user masked: `models.training.evaluate` on `protocol_data`'s
+   test task);
 5. outputs: the adapter (`save_pretrained`) and the aligned Rec as registry
    versions (`llm-adapter`, `recommender.family`; `workers.alignment.publish`).
 """
@@ -23,10 +24,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.alignment.policy import attach_lora
-from models.device import resolve_device
+from models.alignment.resampling import resampled_items
+from models.device import resolve_device, resolve_dtype
 from workers.alignment.data import (
     DocumentOf,
     Encoder,
@@ -46,20 +49,36 @@ log = logging.getLogger(__name__)
 # -- devices -------------------------------------------------------------------------------
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """bf16 autocast on an accelerator by default; float32 on CPU (where bf16 matmuls are slow
-    on most machines and the losses would only get noisier)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 def evaluate(model: torch.nn.Module, task, users: int = 0, seed: int = 0) -> dict[str, float]:
     """The protocol's figures (`models.training.evaluate`) on `users` examples of `task`
     (`protocol_data(dataset).test`) drawn with `seed`, all of them when 0."""
     from models.training import evaluate as protocol_figures
 
     return protocol_figures(model, task.subset(sample_rows(len(task), users, seed)), 256)
+
+
+def popular_items(dataset, count: int) -> list[int]:
+    """The `count` items most often a training target (inner ids, sorted; all when 0)."""
+    counts = np.bincount(dataset.splits["train"].targets, minlength=dataset.num_items + 1)
+    counts[0] = -1
+    chosen = np.argsort(-counts, kind="stable")[: count or dataset.num_items]
+    return sorted(int(item) for item in chosen if item > 0)
+
+
+def evaluation_items(
+    dataset, task, users: int, seed: int, resample: str, k_items: int, popular: int
+) -> list[int]:
+    """The items whose knowledge an evaluation regenerates: each evaluated example's
+    target and the history items alignment re-samples (`resample`), plus the `popular`
+    most popular items. Regenerating the whole catalog costs a generation per item (about
+    a second each on a CPU); the others keep their cached knowledge, which Rec was
+    trained with."""
+    rows = task.subset(sample_rows(len(task), users, seed))
+    slots = resampled_items(rows.histories, rows.lengths, rows.targets, resample, k_items)
+    chosen = set(rows.targets.tolist()) | set(slots.flatten().tolist())
+    if popular:
+        chosen |= set(popular_items(dataset, popular))
+    return sorted(item for item in chosen if item > 0)
 
 
 # -- the LLM -------------------------------------------------------------------------------
@@ -129,8 +148,17 @@ class AlignmentParts:
     dtype: torch.dtype
 
 
-def align(parts: AlignmentParts, settings, mode: str | None = None, progress=None) -> AlignmentRun:
-    """Algorithm 1 on `parts` (the policy and Rec are trained in place)."""
+def align(
+    parts: AlignmentParts,
+    settings,
+    mode: str | None = None,
+    progress=None,
+    keep_texts: bool = False,
+    stop_at: float | None = None,
+) -> AlignmentRun:
+    """Algorithm 1 on `parts` (the policy and Rec are trained in place); `keep_texts` keeps
+    each iteration's sampled texts in its record; no iteration starts after `stop_at`
+    (`time.monotonic()`), so a bench's evaluation still fits its time."""
     alignment = settings.alignment
     sampler = KnowledgeSampler(
         parts.policy,
@@ -162,6 +190,8 @@ def align(parts: AlignmentParts, settings, mode: str | None = None, progress=Non
         replay_batches=alignment.replay_batches,
         threads_per_process=alignment.threads_per_process,
         seed=alignment.seed,
+        keep_texts=keep_texts,
+        stop_at=stop_at,
     )
     return AlignmentTrainer(sampler, config).run(mode or alignment.mode, progress=progress)
 
@@ -264,7 +294,15 @@ def run_job(settings, dataset_name: str, on_iteration=None, publish: bool = True
     parts = prepared.parts
     run = align(parts, settings, progress=on_iteration)
     summary = run_summary(run, alignment.refresh_interval)
-    items = sorted(prepared.dataset.items)
+    items = evaluation_items(
+        prepared.dataset,
+        prepared.data.test,
+        alignment.eval_users,
+        alignment.seed,
+        alignment.resample,
+        alignment.k_items,
+        alignment.regenerate_popular_items,
+    )
     aligned_table = prepared.aligned_knowledge(
         items, alignment.regenerate_batch_size, alignment.regenerate_max_new_tokens
     )

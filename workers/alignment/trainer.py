@@ -62,6 +62,7 @@ class TrainerConfig:
     threads_per_process: int = 0
     seed: int = 0
     keep_texts: bool = False
+    stop_at: float | None = None  # time.monotonic() after which no iteration starts
 
 
 @dataclass
@@ -72,6 +73,7 @@ class IterationRecord:
     mean_ratio: float
     kl: float
     rec_loss: float
+    llm_loss: float = 0.0  # the policy-gradient loss plus alpha * KL
     texts: list[str] = field(default_factory=list)
 
 
@@ -114,8 +116,8 @@ class AlignmentTrainer:
 
     # -- one iteration ------------------------------------------------------------------
 
-    def step(self, experience: Experience) -> tuple[float, float, float]:
-        """Update Rec and the LLM on one batch; (mean ratio, mean KL, Rec loss)."""
+    def step(self, experience: Experience) -> tuple[float, float, float, float]:
+        """Update Rec and the LLM on one batch; (mean ratio, mean KL, Rec loss, LLM loss)."""
         task, sampling = self.sampler.task, self.sampler.config
         device = sampling.device
         indices = experience.indices
@@ -155,7 +157,12 @@ class AlignmentTrainer:
         self.llm_optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         self.llm_optimizer.step()
-        return float(ratios.mean()), float(loss.kl.detach()), float(rec_loss.detach())
+        return (
+            float(ratios.mean()),
+            float(loss.kl.detach()),
+            float(rec_loss.detach()),
+            float(loss.total.detach()),
+        )
 
     def snapshot(self, version: int) -> Snapshot:
         return Snapshot(
@@ -179,7 +186,7 @@ class AlignmentTrainer:
         return self._run_async(progress) if mode == "async" else self._run_sync(progress)
 
     def _record(self, iteration, experience, fresh, step_result) -> IterationRecord:
-        mean_ratio, kl, rec_loss = step_result
+        mean_ratio, kl, rec_loss, llm_loss = step_result
         ITERATIONS.labels(mode="async" if self._async else "sync").inc()
         MEAN_RATIO.set(mean_ratio)
         KL.set(kl)
@@ -190,8 +197,12 @@ class AlignmentTrainer:
             mean_ratio=mean_ratio,
             kl=kl,
             rec_loss=rec_loss,
+            llm_loss=llm_loss,
             texts=list(experience.texts) if self.config.keep_texts else [],
         )
+
+    def _out_of_time(self) -> bool:
+        return self.config.stop_at is not None and time.monotonic() >= self.config.stop_at
 
     def _batch_indices(self, rng: random.Random) -> torch.Tensor:
         n = len(self.sampler.task)
@@ -207,6 +218,8 @@ class AlignmentTrainer:
         records, batch_checksums = [], []
         started = time.perf_counter()
         for iteration in range(1, self.config.iterations + 1):
+            if self._out_of_time():
+                break
             self.sampler.version = iteration - 1
             experience = self.sampler.sample(self._batch_indices(rng))
             batch_checksums.append((experience.snapshot_version, experience.snapshot_checksum))
@@ -215,9 +228,7 @@ class AlignmentTrainer:
             if progress:
                 progress(iteration, records[-1])
         seconds = time.perf_counter() - started
-        return AlignmentRun(
-            "sync", self.config.iterations, seconds, records, [], {}, batch_checksums, 0, 0.0
-        )
+        return AlignmentRun("sync", len(records), seconds, records, [], {}, batch_checksums, 0, 0.0)
 
     def _run_async(self, progress) -> AlignmentRun:
         self._async = True
@@ -258,6 +269,8 @@ class AlignmentTrainer:
         started = time.perf_counter()
         try:
             for iteration in range(1, self.config.iterations + 1):
+                if self._out_of_time():
+                    break
                 fresh = self._take_fresh(batches, block=not replay, process=process)
                 if fresh is None:
                     experience = rng.choice(replay)
@@ -295,7 +308,7 @@ class AlignmentTrainer:
                 process.join(timeout=10)
         return AlignmentRun(
             "async",
-            self.config.iterations,
+            len(records),
             seconds,
             records,
             refreshes,
