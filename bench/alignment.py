@@ -127,11 +127,12 @@ def _na_knowledge(settings, args, out: Path, items: list[int]) -> Path:
         table = torch.zeros(dataset.num_items + 1, encode(["-"]).shape[1])
         summary = {"base_folder": None}
     llm, tokenizer = load_llm(settings.alignment.llm_path or None, settings, device=device)
+    template, infos = template_for(settings.alignment.domain), item_infos(dataset)
     table = regenerate_knowledge(
         llm,
         tokenizer,
-        template_for(settings.alignment.domain),
-        item_infos(dataset),
+        template,
+        infos,
         items,
         encode,
         table,
@@ -141,6 +142,8 @@ def _na_knowledge(settings, args, out: Path, items: list[int]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     kept = [item for item in sorted(dataset.items) if bool(table[item].any())]
     np.save(out / "vectors.npy", table[kept].numpy())
+    # The facts channel of the same items, as `knowledge generate` writes it.
+    np.save(out / "facts.npy", np.asarray(encode([template.facts(infos[i]) for i in kept])))
     np.save(out / "item_ids.npy", np.array([dataset.items[i].external_id for i in kept]))
     summary = {
         **summary,
@@ -164,7 +167,8 @@ def _written_before(out: Path, ids: list[int], base: str | None, max_new_tokens:
     except (OSError, ValueError):
         return False
     return (
-        written == ids
+        (out / "facts.npy").is_file()
+        and written == ids
         and done.get("base_folder") == base
         and done.get("max_new_tokens", max_new_tokens) == max_new_tokens
     )
