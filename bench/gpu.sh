@@ -62,6 +62,9 @@ if [ "$dry" = 1 ]; then
     # the speed row still runs one of each.
     export STREAMREC_ALIGNMENT__MODE=sync
     export STREAMREC_RECSYSLLM__BATCH_SIZE=1  # batch 8 of its long prompts takes gigabytes
+    # Short prompts (3 history items, not 20) and 2 beams: the real LLM scoring 20
+    # candidates after a 20-item history took minutes of a core per user.
+    export STREAMREC_RECSYSLLM__PROMPT_ITEMS=3 STREAMREC_RECSYSLLM__BEAMS=2
     faiss=(--items 10000 --queries 64 --single 10)
     caps=(300 600 600 120)  # generous: a busy shared CPU is slow; the GPU caps are below
 else
