@@ -19,6 +19,13 @@ before its first commit did.
 The consumer here hands the thread a snapshot of the active partitions taken
 when it asks, so a fetch returns only records that faust will deliver.
 
+It also delivers a message without mode's race when it can. faust hands every
+message to its stream through `wait_first(deliver, suspend_flow.wait())`, so that
+a rebalance can abandon a delivery stuck on a full buffer; mode's `wait_first`
+makes four tasks and an `asyncio.wait` for that, per message, which was a quarter
+of the worker's CPU. A delivery almost never waits (the stream's buffer has room),
+so it is first run in place; one that has to wait finishes under the same race.
+
 The producer here reports its backpressure quietly: messages sent from inside
 a stream (table changelogs, `send_soon`) wait in faust's producer buffer, and
 while it holds more than `max_messages` the stream waits for it to drain. That
@@ -30,6 +37,8 @@ tests/unit/test_faust_contract.py pins every faust internal this module uses.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 
 import faust
@@ -37,6 +46,7 @@ from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode.services import WaitResults
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,46 @@ class SnapshotFetchConsumer(aiokafka_driver.Consumer):
         if not partitions:  # empty means "all partitions" to aiokafka
             return {}
         return await super()._getmany(partitions, timeout)
+
+    async def wait_first(self, *coros, timeout=None) -> WaitResults:
+        """faust's per-message `wait_first(deliver, self.suspend_flow.wait())`, with
+        `deliver` run in place first: if it finishes without waiting, that is the race's
+        outcome, and no task is made."""
+        if len(coros) != 2 or timeout is not None or not inspect.iscoroutine(coros[0]):
+            return await super().wait_first(*coros, timeout=timeout)
+        deliver, suspended = coros
+        if self.suspend_flow.is_set():
+            return await super().wait_first(deliver, suspended)
+        try:
+            waiting_on = deliver.send(None)
+        except StopIteration as finished:
+            suspended.close()
+            return WaitResults([deliver], [finished.value], False)
+        except BaseException:
+            suspended.close()
+            raise
+        return await super().wait_first(_resumed(deliver, waiting_on), suspended)
+
+
+async def _resumed(coroutine, waiting_on):
+    """Go on with a coroutine that was started by hand and is waiting on `waiting_on`
+    (a future, or None for a bare yield), as an asyncio task would have."""
+    while True:
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting_on])
+        except BaseException as error:  # cancelled while it waited: it cleans up
+            try:
+                waiting_on = coroutine.throw(error)
+            except StopIteration as finished:
+                return finished.value
+            continue
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration as finished:
+            return finished.value
 
 
 class DrainingProducerBuffer(ProducerBuffer):

@@ -251,3 +251,20 @@ def test_the_changelog_topics_ensure_topics_creates_are_the_ones_faust_uses(tmp_
         "faust internal changed: a table's changelog topic is no longer the compacted "
         "'<app id>-<table>-changelog', or streams/app.py's tables are not streams.topics.TABLES"
     )
+
+
+def test_faust_delivers_each_message_through_the_race_the_consumer_shortens():
+    """SnapshotFetchConsumer.wait_first runs the first coroutine in place; that is only
+    right while faust's only caller races a delivery against `suspend_flow`."""
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert (
+        "await self.wait_first(\n" in source
+        and "callback(message), self.suspend_flow.wait()" in (source)
+    ), "faust internal changed: how _drain_messages delivers a message; review wait_first"
+    callers = [
+        name
+        for name, member in inspect.getmembers(faust_consumer.Consumer, inspect.isfunction)
+        if "wait_first(" in inspect.getsource(member)
+        and member.__module__ == faust_consumer.__name__
+    ]
+    assert callers == ["_drain_messages"], f"faust internal changed: wait_first called by {callers}"
