@@ -125,6 +125,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The most resident memory a process has had (Linux /proc, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
 def throughput_run(
     launcher: LocalServices, count: int, workdir: Path, workers: int = 1, **variables
 ) -> dict:
@@ -143,6 +151,7 @@ def throughput_run(
         )
         elapsed = time.perf_counter() - started
         cpu = sum(_cpu_seconds(c.process.pid) - s for c, s in zip(children, cpu, strict=True))
+        peak_rss = max(_peak_rss_mb(child.process.pid) for child in children)
     run = {
         "workers": workers,
         "events": count,
@@ -154,6 +163,7 @@ def throughput_run(
         # give at that cost (the machine's other work shares the cores).
         "worker_cpu_us_per_event": round(cpu / count * 1e6, 1),
         "events_per_cpu_s": round(count / cpu),
+        "worker_peak_rss_mb": peak_rss,
     }
     if workers == 1:
         raw = _raw_consume_rate(settings, count)

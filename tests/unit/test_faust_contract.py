@@ -28,6 +28,7 @@ from faust.transport import conductor
 from faust.transport import consumer as faust_consumer
 from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
 from faust.types.tuples import Message
 from faust.web.base import Web
 from prometheus_client import REGISTRY
@@ -268,3 +269,18 @@ def test_faust_delivers_each_message_through_the_race_the_consumer_shortens():
         and member.__module__ == faust_consumer.__name__
     ]
     assert callers == ["_drain_messages"], f"faust internal changed: wait_first called by {callers}"
+
+
+def test_the_monitor_keeps_what_fausts_stall_check_reads():
+    """BatchMonitor drops faust's per-event statistics but must keep
+    `stream_inbound_time`, which the aiokafka consumer's stall check reads per partition."""
+    assert hasattr(faust.Settings, "Monitor"), "faust internal changed: the Monitor setting"
+    check = inspect.getsource(aiokafka_driver.AIOKafkaConsumerThread.verify_event_path)
+    assert "monitor.stream_inbound_time.get(tp)" in check, (
+        "faust internal changed: what verify_event_path reads from the monitor"
+    )
+    app = transport.App("contract-monitor", broker="kafka://127.0.0.1:1", store="memory://")
+    assert isinstance(app.monitor, transport.BatchMonitor)
+    tp = TP("interactions", 3)
+    assert app.monitor.on_stream_event_in(tp, 7, object(), object()) is None
+    assert tp in app.monitor.stream_inbound_time and app.monitor.events_total == 1
