@@ -16,10 +16,11 @@ and only then are the tick's events sent. Four variants, one run, one stream:
 - daily_retrain: SASRec retrained from scratch on all events so far at each simulated
   day boundary (in this process; a boundary passed mid-retrain starts the next one as
   soon as it ends);
-- online_knowledge: a knowledge-fused SASRec with its own online trainer; the items new
-  since the split reach it through the knowledge job's `extend_items` before the replay,
-  with knowledge vectors encoded from the catalog's facts (no LLM text, so the LLM's CPU
-  time decides nothing).
+- online_knowledge: a knowledge-fused SASRec with its own online trainer, whose one
+  knowledge channel is the facts channel (the catalog's facts encoded, no LLM text, so
+  the LLM's CPU time decides nothing); the items new since the split reach it through
+  the knowledge job's `extend_items` before the replay, their facts encoded from the
+  catalog that the bench writes to ClickHouse `items`.
 
 Each variant has its own registry family and server. The JSON holds NDCG@10 / HR@10
 overall, per simulated week and on cold items (first seen after the split), the bootstrap
@@ -452,9 +453,9 @@ def measure(settings, system, workdir: Path, dataset, split: int, args, offsets)
                 "it, and a version published after that serves it",
                 "daily_retrain": "each retrain's table holds every item seen so far",
                 "online_knowledge": "the knowledge job's extend_items added every item new "
-                f"since the split ({added}) before the replay, each with its knowledge "
-                "vector from the catalog's facts (title, year, genres) through the text "
-                "encoder, no LLM text",
+                f"since the split ({added}) before the replay, each with its facts channel "
+                "from the catalog's facts (title, year, genres) through the text encoder; "
+                "the model has no LLM channel",
             },
         },
         "knowledge": knowledge,

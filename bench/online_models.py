@@ -1,6 +1,7 @@
 """The models of `bench/online.py`: the initial ones trained offline on the events before
-the split, the catalog-facts knowledge that brings the items new since the split to the
-knowledge variant, and the daily retrain that trains from scratch on all events so far."""
+the split, the catalog-facts knowledge (the facts channel alone: no LLM runs) that brings
+the items new since the split to the knowledge variant, and the daily retrain that trains
+from scratch on all events so far."""
 
 from __future__ import annotations
 
@@ -11,21 +12,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from models.knowledge.generation import KnowledgeText
 from models.knowledge.prompts import template_for
 from streamrec.datasets import Dataset, first_interactions
 from streamrec.db import connect
 from streamrec.registry import VersionMetadata, publish
 from streamrec.settings import Settings
+from streams.sink import ITEM_COLUMNS
 from workers.knowledge_job import extend_items, write_knowledge
 from workers.knowledge_pipeline import (
     dataset_items,
-    documents,
     domain_of,
     load_encoder,
     write_knowledge_files,
 )
 from workers.recommender_training import (
+    channel_provenance,
     load_knowledge,
     protocol_data,
     save_run,
@@ -72,12 +76,14 @@ def train_and_publish(
 ) -> Trained:
     """SASRec from scratch on the first `events` interactions (the protocol's training
     sequences, early stopping on its validation split), published to each family with
-    `extra` in its metadata. `stop` set ends the training after the current epoch
+    `extra` in its metadata; with `knowledge_folder`, the facts channel from its facts.npy
+    (the folder has no LLM channel). `stop` set ends the training after the current epoch
     (nothing is published)."""
     data = protocol_data(first_interactions(dataset, events))
-    knowledge = None
+    facts, extra = None, dict(extra or {})
     if knowledge_folder is not None:
-        knowledge, _ = load_knowledge(knowledge_folder, data.item_ids)
+        facts, summary = load_knowledge(knowledge_folder, data.item_ids, "facts")
+        extra["knowledge_channels"] = channel_provenance(summary, ("facts",))
     config = settings.recommender.model_copy(
         update={"epochs": epochs, "patience": patience, "max_seconds": 0.0}
     )
@@ -87,7 +93,7 @@ def train_and_publish(
             raise InterruptedError("the bench is stopping")
 
     wall, cpu = time.perf_counter(), time.thread_time()
-    run = train_run(config, data, MODEL, seed, knowledge=knowledge, on_epoch=check_stop)
+    run = train_run(config, data, MODEL, seed, facts=facts, on_epoch=check_stop)
     trained = Trained(
         wall_s=time.perf_counter() - wall,
         cpu_s=time.thread_time() - cpu,
@@ -97,7 +103,7 @@ def train_and_publish(
         events=events,
     )
     with tempfile.TemporaryDirectory(prefix="online-bench-") as folder:
-        save_run(run, data, Path(folder), {"source": "online-bench", "events": events})
+        save_run(run, data, Path(folder), {"source": "online-bench", "events": events, **extra})
         for family in families:
             publish(
                 settings,
@@ -109,7 +115,7 @@ def train_and_publish(
                         "source": "online-bench",
                         "events": events,
                         "seed": seed,
-                        **(extra or {}),
+                        **extra,
                     },
                 ),
             )
@@ -117,27 +123,39 @@ def train_and_publish(
 
 
 def catalog_knowledge(settings: Settings, dataset: Dataset, folder: Path) -> dict:
-    """Every item's knowledge vector from its catalog facts alone ("Title (year). Genres:
-    ..."), encoded by the text encoder: written as a knowledge folder (for the offline
-    model) and to ClickHouse's `item_knowledge` (for the knowledge job and the trainer)."""
+    """Every item's facts channel: its catalog facts alone ("Title (year). Genres: ..."),
+    encoded by the text encoder. Written as a knowledge folder whose LLM channel is empty
+    (for the offline model), as `item_knowledge` rows of `CATALOG_FACTS` (the items that
+    `extend_items` adds), and as the catalog's `items` rows (where `extend_items` and the
+    trainer read the facts of the items they add, as in production)."""
     started = time.perf_counter()
     items = dataset_items(dataset)
     template = template_for(domain_of(settings, dataset.name))
     texts = [KnowledgeText(item.item_id, "", "", "", "raw") for item in items]
-    encoded = documents(template, items, texts)
+    facts = [template.facts(item) for item in items]
     encoder = load_encoder(settings, device="cpu")
-    vectors = encoder.encode(encoded, settings.knowledge.encode_batch_size)
+    vectors = encoder.encode(facts, settings.knowledge.encode_batch_size)
     summary = {
         "dataset": dataset.name,
         "items": len(items),
         "llm_version": CATALOG_FACTS,
         "prompt_version": template.version,
         "encoder_dim": encoder.dim,
+        "channels": {"facts": {"source": f"{dataset.name} item facts", "encoder": encoder.name}},
     }
-    write_knowledge_files(folder, texts, encoded, vectors, summary, vectors)
+    no_llm = np.zeros((len(items), 0), dtype=np.float32)
+    write_knowledge_files(folder, texts, facts, no_llm, summary, vectors)
     client = connect(settings)
     try:
         write_knowledge(client, CATALOG_FACTS, template.version, texts, vectors)
+        updated_ms = time.time_ns() // 1_000_000
+        rows = [
+            (item.item_id, item.title, item.year or 0, list(item.categories), "", [], [], 0)
+            for item in items
+        ]
+        client.execute(
+            f"INSERT INTO items ({ITEM_COLUMNS}) VALUES", [(*row, updated_ms) for row in rows]
+        )
     finally:
         client.disconnect()
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -145,10 +163,14 @@ def catalog_knowledge(settings: Settings, dataset: Dataset, folder: Path) -> dic
 
 
 def add_new_items(settings: Settings, family: str, prompt_version: str) -> str | None:
-    """The knowledge job's step for items that have knowledge but are not in the model."""
+    """The knowledge job's step for items that have knowledge but are not in the model: their
+    facts channel encoded from the catalog by the text encoder."""
+    encoder = load_encoder(settings, device="cpu")
     client = connect(settings)
     try:
-        return extend_items(with_family(settings, family), client, CATALOG_FACTS, prompt_version)
+        return extend_items(
+            with_family(settings, family), client, CATALOG_FACTS, prompt_version, encoder
+        )
     finally:
         client.disconnect()
 

@@ -161,13 +161,6 @@ def generate_cached(
     return [cached.get(item.item_id) or made[item.item_id] for item in items]
 
 
-def documents(
-    template: PromptTemplate, items: Sequence[ItemInfo], texts: Sequence[KnowledgeText]
-) -> list[str]:
-    """What the text encoder reads for each item, in order (`PromptTemplate.document`)."""
-    return [template.document(item, text.text) for item, text in zip(items, texts, strict=True)]
-
-
 def parse_counts(texts: Sequence[KnowledgeText]) -> dict[str, int]:
     counts = Counter(text.parse for text in texts)
     return {outcome: counts.get(outcome, 0) for outcome in PARSE_OUTCOMES}

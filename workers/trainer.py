@@ -12,8 +12,9 @@ worker) as the consumer group `workers.trainer_group`, and:
   into one sequence, mixed with examples replayed from a buffer of older ones, at a
   small learning rate, so the model follows the stream without forgetting;
 - grows the item tables when an example names an item the model has never
-  seen (its input initialised from its ClickHouse `item_knowledge` vector
-  through the fusion layer, when there is one);
+  seen (`workers.trainer_knowledge`: its LLM channel from the `item_knowledge`
+  row of the model's LLM and prompt versions, its facts channel from the
+  catalog, through the fusion layer);
 - every N examples trained or T seconds (a schedule, not every step) puts the
   candidate through the gate (`workers.trainer_gate`: sane held-out scores, no
   NDCG@10 regression beyond the tolerance) and publishes it, or drops it and
@@ -48,7 +49,6 @@ from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge
 
 from models.device import resolve_device
-from streamrec.db import connect
 from streamrec.jobs import JobRecorder
 from streamrec.services import kafka_bootstrap
 from streamrec.settings import Settings
@@ -62,6 +62,7 @@ from workers.trainer_examples import (
     replay_chains,
 )
 from workers.trainer_gate import Decision, heldout_ndcg, rejection
+from workers.trainer_knowledge import NewItemKnowledge, inherited_provenance
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class OnlineTrainer:
         self.item_ids: np.ndarray | None = None
         self.items: ItemIndex | None = None
         self.extra: dict = {}
+        self.new_items = NewItemKnowledge(settings, self.device)
         # For the lag and rate figures: examples per decoded record, the newest absorbed
         # record's produce time, and the examples/s window's start.
         self.records_decoded = 0
@@ -190,30 +192,21 @@ class OnlineTrainer:
             self.model.parameters(), lr=self.config.trainer_learning_rate, foreach=True
         )
 
-    def _knowledge_vectors(self, items: list[int], dim: int) -> torch.Tensor:
-        """The newest knowledge vector of each item from ClickHouse; zeros where none yet."""
-        vectors = torch.zeros(len(items), dim)
-        client = connect(self.settings)
-        try:
-            rows = client.execute(
-                "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
-                "WHERE item_id IN %(items)s GROUP BY item_id",
-                {"items": tuple(items)},
-            )
-        finally:
-            client.disconnect()
-        position = {item: row for row, item in enumerate(items)}
-        for item, vector in rows:
-            if len(vector) == dim:
-                vectors[position[item]] = torch.tensor(vector)
-        return vectors
-
     def grow_items(self, external_ids: list[int]) -> None:
-        """Add never-seen items to the model (and to the baseline it is checked against)."""
-        dim = self.model.knowledge_dim
-        knowledge = self._knowledge_vectors(external_ids, dim) if dim else None
+        """Add never-seen items to the model (and to the baseline it is checked against),
+        each channel's rows from `workers.trainer_knowledge`."""
+        knowledge, facts = self.new_items.rows(
+            external_ids,
+            self.model.knowledge_dim,
+            self.model.facts_dim,
+            {**self.extra, **self.version.metadata},
+        )
         for model in (self.model, self.baseline):
-            model.extend_items(len(external_ids), None if knowledge is None else knowledge.clone())
+            model.extend_items(
+                len(external_ids),
+                None if knowledge is None else knowledge.clone(),
+                None if facts is None else facts.clone(),
+            )
             model.to(self.device)
         start = len(self.item_ids)
         self.item_ids = np.concatenate([self.item_ids, np.asarray(external_ids, dtype=np.int64)])
@@ -420,7 +413,11 @@ class OnlineTrainer:
                     parent=self.version.version,
                     llm_version=self.version.metadata.get("llm_version"),
                     adapter_version=self.version.metadata.get("adapter_version"),
-                    extra={"source": "online-trainer", OFFSETS_KEY: offsets},
+                    extra={
+                        "source": "online-trainer",
+                        OFFSETS_KEY: offsets,
+                        **inherited_provenance(self.version.metadata),
+                    },
                 ),
                 before_announce=commit_offsets,
             )

@@ -357,3 +357,87 @@ def test_worker_trainer_command_runs_a_cycle_and_says_what_it_published(trainer_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cycle: published v000002" in result.stderr
     assert '"heldout_ndcg@10"' in result.stderr
+
+
+def test_new_items_get_their_llm_channel_of_the_models_versions_and_their_catalog_facts(
+    trainer_settings, tmp_path
+):
+    """Only the newest row of the model's LLM and prompt versions fills a new item's LLM
+    channel (not a newer row of another LLM, of the catalog's facts or of the single-vector
+    layout); the facts channel is the catalog's facts encoded, LLM text or not."""
+    from datetime import UTC, datetime
+
+    from models.knowledge.prompts import ItemInfo, template_for
+    from models.sequential import SequentialRecommender, build_recommender
+    from streamrec.registry import ModelRegistry, VersionMetadata
+    from workers.trainer import OnlineTrainer
+
+    settings, _ = trainer_settings
+    settings.workers.trainer_regression_tolerance = 1.0  # the gate is not under test here
+    llm_dim, facts_dim = 8, 384  # the LLM rows' width; the real text encoder's
+    torch.manual_seed(0)
+    model = build_recommender(
+        "sasrec",
+        len(CATALOG) + 1,
+        TINY,
+        knowledge=torch.randn(len(CATALOG) + 1, llm_dim),
+        facts=torch.randn(len(CATALOG) + 1, facts_dim),
+    )
+    model.save_pretrained(tmp_path / "fused", np.array([0, *CATALOG], dtype=np.int64))
+    channels = {
+        "facts": {"source": "catalog", "encoder": "all-minilm-l6-v2"},
+        "llm": {"llm_version": "tiny@1", "prompt_version": "movies@t", "encoder": "minilm"},
+    }
+    registry = ModelRegistry.from_settings(settings)
+    registry.add(
+        "seralm",
+        tmp_path / "fused",
+        VersionMetadata(llm_version="tiny@1", extra={"knowledge_channels": channels}),
+    )
+    heat, toy = NEW_ITEMS  # heat has LLM text of the model's versions, toy none yet
+    wanted = [0.5] * llm_dim
+    others = [  # (llm_version, prompt_version, vector, created_ms): never heat's LLM row
+        ("tiny@1", "movies@t+llm-channel", [0.1] * llm_dim, 1),  # older than `wanted`
+        ("other@2", "movies@t+llm-channel", [0.2] * llm_dim, 3),
+        ("catalog-facts", "movies@t", [0.3] * llm_dim, 4),
+        ("tiny@1", "movies@t", [0.4] * llm_dim, 5),  # the single-vector layout
+    ]
+    stamp = datetime.now(UTC).replace(tzinfo=None)
+    rows = [(heat, "tiny@1", "movies@t+llm-channel", "", wanted, stamp, 2)]
+    rows += [(heat, llm, prompt, "", vector, stamp, ms) for llm, prompt, vector, ms in others]
+    rows.append((toy, "other@2", "movies@t+llm-channel", "", [0.6] * llm_dim, stamp, 6))
+    client = connect(settings)
+    client.execute(
+        "INSERT INTO item_knowledge (item_id, llm_version, prompt_version, text, vector, "
+        "created_at, created_ms) VALUES",
+        rows,
+    )
+    catalog = [(heat, "Heat", 1995, ["Crime"]), (toy, "Toy Story", 1995, ["Animation"])]
+    client.execute(
+        "INSERT INTO items (item_id, title, year, categories, description, attribute_keys, "
+        "attribute_values, deleted, updated_ms) VALUES",
+        [(item, title, year, genres, "", [], [], 0, 1) for item, title, year, genres in catalog],
+    )
+    client.disconnect()
+    produce(settings, 10, CATALOG + NEW_ITEMS, seed=11)
+    trainer = OnlineTrainer(settings)
+    try:
+        [decision] = trainer.run(max_cycles=1)
+    finally:
+        trainer.close()
+    assert decision.published, decision
+    latest = registry.latest("seralm")
+    loaded = SequentialRecommender.from_pretrained(latest.path)
+    row = {int(item): index for index, item in enumerate(loaded.item_ids)}
+    fusion = loaded.model.fusion
+    np.testing.assert_allclose(fusion.knowledge[row[heat]].numpy(), wanted)
+    assert not fusion.knowledge[row[toy]].any()
+    template = template_for(settings.knowledge.job_domain)
+    facts = [
+        template.facts(ItemInfo(item, title, year, tuple(g))) for item, title, year, g in catalog
+    ]
+    assert facts[0] == "Heat (1995). Genres: Crime."
+    expected = trainer.new_items.encoder.encode(facts)
+    np.testing.assert_allclose(fusion.facts[row[heat]].numpy(), expected[0], atol=1e-5)
+    np.testing.assert_allclose(fusion.facts[row[toy]].numpy(), expected[1], atol=1e-5)
+    assert latest.metadata["knowledge_channels"] == channels  # carried to the next version
