@@ -28,13 +28,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from streamrec.services import kafka_bootstrap
 from streamrec.settings import get_settings
 from streamrec.v1 import events_pb2
-from streams.identity import event_id_row, first_wins
+from streams.identity import event_id_columns, first_wins
 from streams.outbox import Outbox
 from streams.producer import now_ms
 from streams.sequences import apply_events
 from streams.sequences import decode as decode_sequence
 from streams.sequences import encode as encode_sequence
-from streams.sink import ClickHouseSink, interaction_row, item_row
+from streams.sink import ClickHouseSink, interaction_columns, item_row
 from streams.topics import KNOWN_ITEMS_TABLE, SEQUENCES_TABLE
 from streams.transport import App
 from streams.validation import Problem, interaction_problem, item_problem
@@ -239,11 +239,8 @@ async def _handle_interactions(batch: list[faust.EventT]) -> None:
         _dead_letter(event, problem)
     REPEATED_EVENTS.inc(len(verdicts.repeats))
     ingested_ms = now_ms()
-    rows = [
-        interaction_row(decoded, partition, offset, ingested_ms)
-        for _, partition, offset, decoded in verdicts.keep
-    ]
-    ids = [event_id_row(stored, event_id, ingested_ms) for event_id, stored in verdicts.new_ids]
+    rows = interaction_columns([entry[1:] for entry in verdicts.keep], ingested_ms)
+    ids = event_id_columns(verdicts.new_ids, ingested_ms)
     # Two executor threads, two connections: the inserts run side by side.
     stored = asyncio.gather(
         loop.run_in_executor(None, sink.write_interactions, rows),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from streamrec.v1 import events_pb2
 from streams.validation import Problem
@@ -30,9 +31,8 @@ from streams.validation import Problem
 _PRECEDENCE_BASE = 1 << 62
 
 
-@dataclass(frozen=True)
-class Stored:
-    """What `event_ids` holds for an id."""
+class Stored(NamedTuple):
+    """What `event_ids` holds for an id (a tuple: one is made per event)."""
 
     fingerprint: int
     user_id: int
@@ -46,16 +46,17 @@ def fingerprint(event: events_pb2.InteractionEvent) -> int:
     return int.from_bytes(digest.digest(), "big")
 
 
-def event_id_row(stored: Stored, event_id: str, ingested_ms: int) -> tuple:
-    return (
-        event_id,
-        stored.fingerprint,
-        stored.user_id,
-        stored.partition,
-        stored.offset,
-        ingested_ms,
-        _PRECEDENCE_BASE - ingested_ms,
-    )
+def event_id_columns(new_ids: list[tuple[str, Stored]], ingested_ms: int) -> list[list]:
+    """`Verdicts.new_ids` as the columns of streams.sink.EVENT_ID_COLUMNS."""
+    return [
+        [event_id for event_id, _ in new_ids],
+        [stored.fingerprint for _, stored in new_ids],
+        [stored.user_id for _, stored in new_ids],
+        [stored.partition for _, stored in new_ids],
+        [stored.offset for _, stored in new_ids],
+        [ingested_ms] * len(new_ids),
+        [_PRECEDENCE_BASE - ingested_ms] * len(new_ids),
+    ]
 
 
 @dataclass

@@ -48,24 +48,25 @@ ITEM_COLUMNS = (
 )
 
 
-def interaction_row(
-    event: events_pb2.InteractionEvent, partition: int, offset: int, ingested_ms: int
-) -> tuple:
-    keys = sorted(event.context)
-    return (
-        event.event_id,
-        event.user_id,
-        event.item_id,
-        event.event_type,
-        event.value if event.HasField("value") else None,
-        event.timestamp_ms // 1000,
-        event.timestamp_ms,
-        keys,
-        [event.context[k] for k in keys],
-        partition,
-        offset,
-        ingested_ms,
-    )
+def interaction_columns(kept: Sequence[tuple], ingested_ms: int) -> list[list]:
+    """`(partition, offset, event)` entries as the columns of INTERACTION_COLUMNS.
+    clickhouse-driver sends columns; built here directly, no row is made and transposed."""
+    events = [event for _, _, event in kept]
+    contexts = [sorted(event.context.items()) if event.context else () for event in events]
+    return [
+        [event.event_id for event in events],
+        [event.user_id for event in events],
+        [event.item_id for event in events],
+        [event.event_type for event in events],
+        [event.value if event.HasField("value") else None for event in events],
+        [event.timestamp_ms // 1000 for event in events],
+        [event.timestamp_ms for event in events],
+        [[key for key, _ in context] for context in contexts],
+        [[value for _, value in context] for context in contexts],
+        [partition for partition, _, _ in kept],
+        [offset for _, offset, _ in kept],
+        [ingested_ms] * len(events),
+    ]
 
 
 def item_row(event: events_pb2.ItemEvent) -> tuple:
@@ -114,8 +115,10 @@ class ClickHouseSink:
                 self._clients.discard(client)
             client.disconnect()
 
-    def _insert(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
-        self._client().execute(f"INSERT INTO {table} ({columns}) VALUES", list(rows))
+    def _insert(self, table: str, columns: str, data: Sequence, columnar: bool) -> None:
+        self._client().execute(
+            f"INSERT INTO {table} ({columns}) VALUES", list(data), columnar=columnar
+        )
 
     def _retrying(self, table: str, what: str, action):
         """`action()`'s result, retried with backoff until ClickHouse answers."""
@@ -130,16 +133,18 @@ class ClickHouseSink:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
-    def write(self, table: str, columns: str, rows: Sequence[tuple]) -> None:
-        """Insert `rows`, retrying until ClickHouse takes them."""
-        if not rows:
+    def write(self, table: str, columns: str, data: Sequence, columnar: bool = False) -> None:
+        """Insert `data` (rows, or with `columnar` one list per column), retrying until
+        ClickHouse takes them."""
+        count = len(data[0]) if columnar and data else len(data)
+        if not count:
             return
         started = time.perf_counter()
-        what = f"insert of {len(rows)} rows into {table}"
-        self._retrying(table, what, lambda: self._insert(table, columns, rows))
+        what = f"insert of {count} rows into {table}"
+        self._retrying(table, what, lambda: self._insert(table, columns, data, columnar))
         SINK_SECONDS.labels(table).observe(time.perf_counter() - started)
-        SINK_BATCH.labels(table).observe(len(rows))
-        SINK_ROWS.labels(table).inc(len(rows))
+        SINK_BATCH.labels(table).observe(count)
+        SINK_ROWS.labels(table).inc(count)
 
     def stored_event_ids(self, event_ids: Sequence[str]) -> dict[str, Stored]:
         """What `event_ids` holds for these ids: the first content stored under each. The
@@ -165,11 +170,13 @@ class ClickHouseSink:
         rows = self._retrying("event_ids", "event id lookup", lookup)
         return {row[0]: Stored(*row[1:]) for row in rows}
 
-    def write_interactions(self, rows: Sequence[tuple]) -> None:
-        self.write("interactions", INTERACTION_COLUMNS, rows)
+    def write_interactions(self, columns: list[list]) -> None:
+        """Store `interaction_columns`."""
+        self.write("interactions", INTERACTION_COLUMNS, columns, columnar=True)
 
-    def write_event_ids(self, rows: Sequence[tuple]) -> None:
-        self.write("event_ids", EVENT_ID_COLUMNS, rows)
+    def write_event_ids(self, columns: list[list]) -> None:
+        """Store `streams.identity.event_id_columns`."""
+        self.write("event_ids", EVENT_ID_COLUMNS, columns, columnar=True)
 
     def write_items(self, rows: Sequence[tuple]) -> None:
         self.write("items", ITEM_COLUMNS, rows)

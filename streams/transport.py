@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from functools import cached_property
 from time import monotonic
 
 import faust
@@ -153,11 +154,19 @@ class BatchMonitor(Monitor):
 
 class App(faust.App):
     """A faust app whose consumer is a `SnapshotFetchConsumer`, producer a `QuietProducer`
-    and monitor a `BatchMonitor`."""
+    and monitor a `BatchMonitor`, and which builds its events without a settings lookup."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("Monitor", BatchMonitor)
         super().__init__(*args, **kwargs)
+
+    def create_event(self, key, value, headers, message):
+        """faust's, without looking the Event class up in the settings for every message."""
+        return self._event_class(self, key, value, headers, message)
+
+    @cached_property
+    def _event_class(self):
+        return self.conf.Event
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)

@@ -189,6 +189,11 @@ def test_every_setting_streams_app_passes_is_one_faust_knows():
         (Web.bytes, ["self", "value"], "/metrics answers with it"),
         (Web.json, ["self", "value"], "/health answers with it"),
         (faust.Worker.__init__, ["self", "app"], "`streamrec stream worker` runs the app"),
+        (
+            faust.App.create_event,
+            ["self", "key", "value", "headers", "message"],
+            "streams.transport.App overrides it",
+        ),
     ],
 )
 def test_the_faust_api_streams_app_calls(function, expected, why):
@@ -284,3 +289,13 @@ def test_the_monitor_keeps_what_fausts_stall_check_reads():
     tp = TP("interactions", 3)
     assert app.monitor.on_stream_event_in(tp, 7, object(), object()) is None
     assert tp in app.monitor.stream_inbound_time and app.monitor.events_total == 1
+
+
+def test_the_app_builds_events_as_faust_does():
+    assert "self.conf.Event(self, key, value, headers, message)" in inspect.getsource(
+        faust.App.create_event
+    ), "faust internal changed: App.create_event; review streams.transport.App.create_event"
+    app = transport.App("contract-events", broker="kafka://127.0.0.1:1", store="memory://")
+    message = Message("interactions", 0, 5, 0.0, 0, None, b"k", b"v", None)
+    event = app.create_event(b"k", b"v", {}, message)
+    assert isinstance(event, app.conf.Event) and event.value == b"v" and event.message is message
