@@ -67,7 +67,7 @@ def apply_events(
     `examples` is anything with protobuf's repeated-field `add(**fields)` (by default a
     new list of them): the worker adds straight into the messages it sends, so that no
     example is built twice."""
-    sequence = dict(sequence or empty_sequence())
+    sequence = sequence or empty_sequence()
     if examples is None:
         examples = events_pb2.TrainingExampleBatch().examples
     items, stamps = list(sequence["items"]), list(sequence["ts"])
@@ -77,16 +77,24 @@ def apply_events(
             continue
         last_offset = offset
         # After every earlier-or-equal timestamp: ties keep arrival (offset) order.
-        at = bisect_right(stamps, event.timestamp_ms)
+        timestamp = event.timestamp_ms
+        at = (
+            len(stamps)
+            if not stamps or stamps[-1] <= timestamp
+            else bisect_right(stamps, timestamp)
+        )
         if at:
+            in_order = at == len(items)  # the usual case: the history is the whole sequence
             examples.add(
                 event_id=event.event_id,
                 user_id=event.user_id,
-                history=items[:at],
-                history_timestamps_ms=stamps[:at],
+                history=items if in_order else items[:at],
+                history_timestamps_ms=stamps if in_order else stamps[:at],
                 target_item_id=event.item_id,
-                timestamp_ms=event.timestamp_ms,
+                timestamp_ms=timestamp,
             )
-        items = (items[:at] + [event.item_id] + items[at:])[-max_length:]
-        stamps = (stamps[:at] + [event.timestamp_ms] + stamps[at:])[-max_length:]
+        items.insert(at, event.item_id)
+        stamps.insert(at, timestamp)
+        if len(items) > max_length:
+            del items[:-max_length], stamps[:-max_length]
     return {"items": items, "ts": stamps, "offset": last_offset}, examples

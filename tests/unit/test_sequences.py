@@ -68,3 +68,28 @@ def test_a_late_event_is_placed_by_its_timestamp():
         ([10, 11, 12], 14),
     ]
     assert list(examples[1].history_timestamps_ms) == [100]
+
+
+def test_a_mix_of_late_and_in_order_events_matches_sorting_the_whole_history():
+    """The in-place fast path for in-order events and the bisect for late ones give what
+    a stable sort by timestamp of everything, cut to the window, gives."""
+    import random
+
+    rng = random.Random(3)
+    stamps = [1000 + n * 10 + (rng.randint(-40, 0) if rng.random() < 0.3 else 0) for n in range(80)]
+    events = [
+        (
+            n,
+            events_pb2.InteractionEvent(
+                event_id=f"e{n}", user_id=7, item_id=500 + n, event_type=1, timestamp_ms=stamp
+            ),
+        )
+        for n, stamp in enumerate(stamps)
+    ]
+    sequence = None
+    for start in range(0, 80, 7):  # batches of 7, through the table's bytes
+        sequence, _ = apply_events(sequence, events[start : start + 7], max_length=12)
+        sequence = decode(encode(sequence))
+    everything = sorted((e.timestamp_ms, n, e.item_id) for n, e in events)
+    assert sequence["items"] == [item for _, _, item in everything][-12:]
+    assert sequence["ts"] == [stamp for stamp, _, _ in everything][-12:]
