@@ -74,6 +74,7 @@ app = App(
     producer_linger_ms=settings.streams.producer_linger_ms,
     producer_max_batch_size=512 * 1024,
     broker_session_timeout=settings.streams.session_timeout_s,
+    fetch_max_wait_ms=settings.streams.fetch_max_wait_ms,
     # Must exceed the batch size, or every batch waits out its time limit; and leave room
     # for what the fetcher already holds when the buffer pauses it, or each of those
     # messages waits for room one by one (at 2x, that cost 10 % of the worker's CPU).

@@ -19,6 +19,12 @@ before its first commit did.
 The consumer here hands the thread a snapshot of the active partitions taken
 when it asks, so a fetch returns only records that faust will deliver.
 
+Its fetch waits at most `fetch_max_wait_ms` at the broker (faust fixes 1,500 ms).
+aiokafka keeps one fetch in flight per broker, for the partitions it holds no
+records of; when every busy partition still has records buffered, that fetch asks
+only for quiet ones and waits out its maximum, and the busy partitions are fetched
+again only after it. That wait was most of an event's time from send to stored.
+
 It also delivers a message without mode's race when it can. faust hands every
 message to its stream through `wait_first(deliver, suspend_flow.wait())`, so that
 a rebalance can abandon a delivery stuck on a full buffer; mode's `wait_first`
@@ -66,8 +72,21 @@ PRODUCER_WAITS = Counter(
 )
 
 
+class PromptFetchThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """faust's consumer thread, whose fetches wait `app.fetch_max_wait_ms` at most."""
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms
+        return consumer
+
+
 class SnapshotFetchConsumer(aiokafka_driver.Consumer):
-    """faust's aiokafka consumer, fetching for a frozen copy of the active partitions."""
+    """faust's aiokafka consumer, fetching for a frozen copy of the active partitions
+    from a `PromptFetchThread`."""
+
+    def _new_consumer_thread(self) -> PromptFetchThread:
+        return PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
         if active_partitions is None:  # a client-only app fetches everything
@@ -156,8 +175,9 @@ class App(faust.App):
     """A faust app whose consumer is a `SnapshotFetchConsumer`, producer a `QuietProducer`
     and monitor a `BatchMonitor`, and which builds its events without a settings lookup."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, fetch_max_wait_ms: int = 50, **kwargs) -> None:
         kwargs.setdefault("Monitor", BatchMonitor)
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
 
     def create_event(self, key, value, headers, message):

@@ -163,7 +163,8 @@ def _app_keywords() -> list[str]:
 def test_every_setting_streams_app_passes_is_one_faust_knows():
     keywords = _app_keywords()
     assert "broker" in keywords
-    unknown = [name for name in keywords if not hasattr(faust.Settings, name)]
+    ours = params(transport.App.__init__)  # what streams.transport.App takes itself
+    unknown = [name for name in keywords if not hasattr(faust.Settings, name) and name not in ours]
     assert not unknown, f"faust ignores settings it does not know; gone or renamed: {unknown}"
 
 
@@ -299,3 +300,30 @@ def test_the_app_builds_events_as_faust_does():
     message = Message("interactions", 0, 5, 0.0, 0, None, b"k", b"v", None)
     event = app.create_event(b"k", b"v", {}, message)
     assert isinstance(event, app.conf.Event) and event.value == b"v" and event.message is message
+
+
+def test_the_worker_consumer_is_made_where_the_fetch_wait_is_set():
+    """PromptFetchThread sets `_fetch_max_wait_ms` on the consumer faust builds, before
+    aiokafka's start() hands it to its Fetcher."""
+    expect_params(
+        aiokafka_driver.AIOKafkaConsumerThread._create_worker_consumer,
+        ["self", "transport"],
+        "PromptFetchThread overrides it",
+    )
+    expect_params(aiokafka_driver.Consumer._new_consumer_thread, ["self"], "overridden")
+    import aiokafka
+
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start, (
+        "aiokafka internal changed: where the consumer's fetch wait reaches its Fetcher"
+    )
+    app = transport.App(
+        "contract-fetch", broker="kafka://127.0.0.1:1", store="memory://", fetch_max_wait_ms=40
+    )
+    thread = app.consumer._thread
+    assert isinstance(thread, transport.PromptFetchThread)
+
+    async def build():  # aiokafka's consumer wants a running loop
+        return thread._create_worker_consumer(app.transport)._fetch_max_wait_ms
+
+    assert asyncio.run(build()) == 40
