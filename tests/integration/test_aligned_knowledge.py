@@ -123,12 +123,11 @@ def _rows(settings: Settings, llm_version: str) -> dict[int, list[float]]:
 def test_the_aligned_versions_rows_are_found_by_the_trainer_and_the_job(aligned):
     from models.sequential import SequentialRecommender
     from workers.knowledge_job import KnowledgeJob, rows_version
-    from workers.knowledge_pipeline import aligned_llm_version, load_knowledge_llm
+    from workers.knowledge_pipeline import load_knowledge_llm
     from workers.trainer_knowledge import NewItemKnowledge, llm_rows_version
 
     settings, seralm, adapter = aligned.settings, aligned.seralm, aligned.adapter
-    name = aligned_llm_version(aligned.base, adapter.version)
-    assert seralm.metadata["llm_version"] == name
+    name = seralm.metadata["llm_version"]  # what alignment calls the aligned LLM
     assert seralm.metadata["knowledge_channels"]["llm"]["llm_version"] == name
     assert seralm.metadata["adapter_version"] == adapter.version
 
@@ -171,3 +170,11 @@ def test_the_aligned_versions_rows_are_found_by_the_trainer_and_the_job(aligned)
     )
     facts = loaded.model.fusion.facts
     assert torch.equal(facts[: len(ALIGNED_ITEMS) + 1], aligned.facts)
+
+
+def test_an_aligned_llm_version_is_named_in_one_place(aligned):
+    from workers.knowledge_pipeline import aligned_llm_version
+
+    name = aligned_llm_version(aligned.base, aligned.adapter.version)
+    assert name == f"{aligned.base}+lora:{aligned.adapter.version}"
+    assert aligned.seralm.metadata["llm_version"] == name
