@@ -1,7 +1,8 @@
 """The catalog knowledge job: items requested on `knowledge-requests` or lacking
 knowledge for the current LLM version -> LLM text and vectors in ClickHouse's
-`item_knowledge` -> a registry version of the recommender that carries them.
-The LLM pipeline itself is workers/knowledge_pipeline.py."""
+`item_knowledge` -> a registry version of the recommender that carries them (new
+items added, the LLM-channel rows of items it has written where they were zero or
+were just regenerated). The LLM pipeline itself is workers/knowledge_pipeline.py."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class JobOutcome:
     failed: int
     skipped: int
     seconds: float
-    published: str | None  # the registry version that carries the new items
+    published: str | None  # the registry version that carries the new knowledge
     # What generation cost this run (GenerationStats.summary: prefill and decode seconds,
     # prompt, prefilled and generated tokens, the prefix cache hit rate, items/s).
     generation: dict

@@ -67,10 +67,10 @@ def _adapter(settings: Settings, adapter: str) -> tuple[Path, str] | None:
     """(folder, version) of the LoRA adapter asked for: "latest" in the registry, or a path.
     A registry version's folder goes by its version (as `align` names it, which hands its
     adapter's folder to the knowledge job), any other folder by a digest of its files."""
-    from streamrec.registry import LLM_ADAPTER_FAMILY, ModelRegistry, registered_version
-
     if not adapter:
         return None
+    from streamrec.registry import LLM_ADAPTER_FAMILY, ModelRegistry, registered_version
+
     if adapter == "latest":
         version = ModelRegistry.from_settings(settings).latest(LLM_ADAPTER_FAMILY)
         if version is None:
