@@ -242,6 +242,22 @@ class ModelRegistry:
         return ModelVersion(family, entry.name, entry, metadata)
 
 
+def registered_version(folder: Path | str, family: str) -> str | None:
+    """The version of `family` that a registry version's folder holds (its metadata.json
+    says so), else None: a folder handed over by path keeps its registry name."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("family") != family:
+        return None
+    version = record.get("version")
+    return version if isinstance(version, str) and version_number(version) else None
+
+
 def model_update(version: ModelVersion):
     """The `ModelUpdate` message announcing `version`."""
     from streamrec.v1 import events_pb2

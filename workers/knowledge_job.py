@@ -1,12 +1,14 @@
 """The catalog knowledge job: items requested on `knowledge-requests` or lacking
 knowledge for the current LLM version -> LLM text and vectors in ClickHouse's
-`item_knowledge` -> a registry version of the recommender that carries them.
-The LLM pipeline itself is workers/knowledge_pipeline.py."""
+`item_knowledge` -> a registry version of the recommender that carries them (new
+items added, the LLM-channel rows of items it has written where they were zero or
+were just regenerated). The LLM pipeline itself is workers/knowledge_pipeline.py."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +62,7 @@ class JobOutcome:
     failed: int
     skipped: int
     seconds: float
-    published: str | None  # the registry version that carries the new items
+    published: str | None  # the registry version that carries the new knowledge
     # What generation cost this run (GenerationStats.summary: prefill and decode seconds,
     # prompt, prefilled and generated tokens, the prefix cache hit rate, items/s).
     generation: dict
@@ -178,6 +180,7 @@ class KnowledgeJob:
                 pending.sort(key=lambda item: item.item_id not in requested)
                 run.progress(skipped=len(requested - pending_ids))
                 failures: list[str] = []
+                written: set[int] = set()
                 bar = tqdm(
                     total=len(pending), desc="knowledge", unit="item", disable=not self.progress
                 )
@@ -207,13 +210,14 @@ class KnowledgeJob:
                     else:
                         for text in texts:
                             KNOWLEDGE_ITEMS.labels(text.parse).inc()
+                        written.update(text.item_id for text in texts)
                         run.progress(ok=len(chunk))
                     run.stats = self.generator.stats.since(before).summary()
                     bar.update(len(chunk))
                 bar.close()
                 run.stats = self.generator.stats.since(before).summary()
                 published = extend_items(
-                    self.settings, client, self.llm.version, rows, self.encoder
+                    self.settings, client, self.llm.version, rows, self.encoder, written
                 )
                 consumer.commit()
                 if failures:
@@ -276,14 +280,23 @@ def facts_vectors(settings: Settings, client, item_ids: list[int], encoder) -> t
 
 
 def extend_items(
-    settings: Settings, client, llm_version: str, prompt_version: str, encoder=None
+    settings: Settings,
+    client,
+    llm_version: str,
+    prompt_version: str,
+    encoder=None,
+    rewritten: Collection[int] = (),
 ) -> str | None:
-    """A new version of the served recommender with every item that now has knowledge
-    (of these LLM and `item_knowledge` prompt versions) but is not in it yet (input
-    initialised from the knowledge through the fusion layer: the LLM channel from
-    `item_knowledge`, the facts channel from `facts_vectors`), announced on
-    model-updates; None when there is no recommender or nothing to add. The job calls it
-    after each run; `bench/online.py` too, for the items new since its split."""
+    """A new version of the served recommender that carries the knowledge (of these LLM and
+    `item_knowledge` prompt versions) it lacks, announced on model-updates; None when there
+    is no recommender or nothing to change. It adds every item that has knowledge but is
+    not in the model (input initialised from the knowledge through the fusion layer: the
+    LLM channel from `item_knowledge`, the facts channel from `facts_vectors`), and writes
+    the LLM-channel rows of items the model has already whose row is zero (the online
+    trainer added them before their knowledge existed) or whose knowledge this run wrote
+    (`rewritten`: an aligned LLM's regeneration reaches the served items). The facts of
+    the items it has are left as they are, and nothing is trained. The job calls it after
+    each run; `bench/online.py` too, for the items new since its split."""
     import dataclasses
     import tempfile
 
@@ -297,32 +310,39 @@ def extend_items(
     from models.sequential import SequentialRecommender
 
     loaded = SequentialRecommender.from_pretrained(latest.path)
-    known = set(loaded.item_ids.tolist())
+    fusion, model_dim = loaded.model.fusion, loaded.model.knowledge_dim
+    position = {int(item): row for row, item in enumerate(loaded.item_ids) if row}
     rows = client.execute(
         "SELECT item_id, argMax(vector, created_ms) FROM item_knowledge "
         "WHERE llm_version = %(llm)s AND prompt_version = %(prompt)s GROUP BY item_id "
         "ORDER BY item_id",
         {"llm": llm_version, "prompt": prompt_version},
     )
-    new = [(item_id, vector) for item_id, vector in rows if item_id not in known]
-    if not new:
+    new = [(item_id, vector) for item_id, vector in rows if item_id not in position]
+    filled = [] if model_dim is None else _llm_rows_to_write(fusion, position, rows, rewritten)
+    if not new and not filled:
         return None
-    vectors = torch.tensor([vector for _, vector in new], dtype=torch.float32)
-    model_dim = loaded.model.knowledge_dim
-    if model_dim is not None and model_dim != vectors.shape[1]:
+    width = len((new or filled)[0][1])
+    if model_dim is not None and model_dim != width:
         raise ValueError(
             f"{latest.family} {latest.version} takes {model_dim}-dim knowledge, the text "
-            f"encoder makes {vectors.shape[1]}-dim vectors"
+            f"encoder makes {width}-dim vectors"
         )
-    facts = None
-    if loaded.model.facts_dim is not None:
-        facts = facts_vectors(settings, client, [item_id for item_id, _ in new], encoder)
-        if facts.shape[1] != loaded.model.facts_dim:
-            facts = None  # no encoder, or another one: the new items' facts rows stay zero
-    loaded.model.extend_items(len(new), vectors if model_dim is not None else None, facts)
-    item_ids = np.concatenate(
-        [loaded.item_ids, np.asarray([item_id for item_id, _ in new], dtype=np.int64)]
-    )
+    if filled:
+        table = fusion.knowledge.clone()
+        table[[row for row, _ in filled]] = torch.tensor([vector for _, vector in filled])
+        fusion.set_knowledge(table)
+    item_ids = loaded.item_ids
+    if new:
+        vectors = torch.tensor([vector for _, vector in new], dtype=torch.float32)
+        facts = None
+        if loaded.model.facts_dim is not None:
+            facts = facts_vectors(settings, client, [item_id for item_id, _ in new], encoder)
+            if facts.shape[1] != loaded.model.facts_dim:
+                facts = None  # no encoder, or another one: the new items' facts rows stay zero
+        loaded.model.extend_items(len(new), vectors if model_dim is not None else None, facts)
+        added = np.asarray([item_id for item_id, _ in new], dtype=np.int64)
+        item_ids = np.concatenate([item_ids, added])
     inherited = VersionMetadata.from_record(latest.metadata)
     channels = dict(inherited.extra.get("knowledge_channels") or {})
     if model_dim is not None:
@@ -336,11 +356,37 @@ def extend_items(
             **inherited.extra,
             "prompt_version": prompt_version,
             "knowledge_items_added": len(new),
+            "knowledge_items_filled": len(filled),
             "knowledge_channels": channels,
         },
     )
     with tempfile.TemporaryDirectory() as folder:
         loaded.model.save_pretrained(Path(folder), item_ids, extra=loaded.extra)
         version = publish(settings, family, Path(folder), metadata)
-    log.info("published %s %s with %d new items", version.family, version.version, len(new))
+    log.info(
+        "published %s %s with %d new items and the LLM rows of %d it had",
+        version.family,
+        version.version,
+        len(new),
+        len(filled),
+    )
     return version.version
+
+
+def _llm_rows_to_write(
+    fusion, position: dict[int, int], rows: list, rewritten: Collection[int]
+) -> list[tuple[int, list[float]]]:
+    """(model row, vector) for each item the model has whose LLM-channel row is zero or whose
+    knowledge was just rewritten, and whose row differs from its newest knowledge."""
+    table = fusion.knowledge
+    if table is None:  # a text-encoder channel: there are no rows to write
+        return []
+    empty = ~table.any(dim=1)
+    found = []
+    for item_id, vector in rows:
+        row = position.get(item_id)
+        if row is None or not (empty[row] or item_id in rewritten):
+            continue
+        if len(vector) != table.shape[1] or not torch.equal(table[row], torch.tensor(vector)):
+            found.append((row, vector))
+    return found

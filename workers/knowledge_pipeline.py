@@ -56,13 +56,22 @@ def _folder_digest(folder: Path) -> str:
     return hashlib.sha256(payload).hexdigest()[:10]
 
 
+def aligned_llm_version(base: str, adapter_version: str) -> str:
+    """The one name of an LLM with a LoRA adapter merged in: what the knowledge job tags
+    its texts and `item_knowledge` rows with, and what alignment records for the versions
+    it publishes, so a model of an aligned LLM finds that LLM's rows."""
+    return f"{base}+lora:{adapter_version}"
+
+
 def _adapter(settings: Settings, adapter: str) -> tuple[Path, str] | None:
-    """(folder, version) of the LoRA adapter asked for: a path, or "latest" in the registry."""
+    """(folder, version) of the LoRA adapter asked for: "latest" in the registry, or a path.
+    A registry version's folder goes by its version (as `align` names it, which hands its
+    adapter's folder to the knowledge job), any other folder by a digest of its files."""
     if not adapter:
         return None
-    if adapter == "latest":
-        from streamrec.registry import LLM_ADAPTER_FAMILY, ModelRegistry
+    from streamrec.registry import LLM_ADAPTER_FAMILY, ModelRegistry, registered_version
 
+    if adapter == "latest":
         version = ModelRegistry.from_settings(settings).latest(LLM_ADAPTER_FAMILY)
         if version is None:
             raise RuntimeError(f"no {LLM_ADAPTER_FAMILY} version in the registry")
@@ -70,7 +79,7 @@ def _adapter(settings: Settings, adapter: str) -> tuple[Path, str] | None:
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
-    return folder, _folder_digest(folder)
+    return folder, registered_version(folder, LLM_ADAPTER_FAMILY) or _folder_digest(folder)
 
 
 def load_knowledge_llm(
@@ -96,7 +105,7 @@ def load_knowledge_llm(
         adapter_folder, adapter_version = chosen
         model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
         model.eval()
-        version += f"+lora:{adapter_version}"
+        version = aligned_llm_version(version, adapter_version)
     if settings.knowledge.int8 and device.type == "cpu":
         with warnings.catch_warnings():  # torch marks its quantised tensors deprecated
             warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)

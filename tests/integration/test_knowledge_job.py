@@ -36,6 +36,7 @@ from tests.unit.knowledge_helpers import real_tokenizer, tiny_llm
 
 KNOWN_ITEMS = [101, 102, 103]  # in the first recommender version
 NEW_ITEM = 9001
+TRAINER_ITEM = 9101  # met by the online trainer before the job wrote its knowledge
 BACKFILL = list(range(5001, 5031))  # catalog items written straight to ClickHouse
 ENCODER_DIM = 384
 TINY_SASREC = {
@@ -261,3 +262,75 @@ def test_run_killed_midway_leaves_the_next_run_only_what_is_missing(world, tmp_p
     published = ModelRegistry.from_settings(settings).get("seralm", outcome.published)
     ids = SequentialRecommender.from_pretrained(published.path).item_ids.tolist()
     assert set(BACKFILL) <= set(ids) and len(ids) == len(set(ids))
+
+
+def test_an_item_the_trainer_added_with_a_zero_llm_row_gets_its_knowledge_when_written(
+    world, tmp_path
+):
+    """The online trainer meets an item before the job has written its knowledge: a zero
+    LLM row. The job's next run writes that knowledge and publishes a version whose LLM row
+    of the item holds it; the facts, every other row and every weight stay as they were."""
+    from models.sequential import SequentialRecommender
+    from streamrec.registry import VersionMetadata, publish
+    from workers.knowledge_job import KnowledgeJob, rows_version
+    from workers.trainer import OnlineTrainer
+    from workers.trainer_knowledge import inherited_provenance
+
+    settings = world["settings"]
+    client = connect(settings)
+    client.execute(
+        "INSERT INTO items (item_id, title, year, categories, description, attribute_keys, "
+        "attribute_values, deleted, updated_ms) VALUES",
+        [(TRAINER_ITEM, "Ronin", 1998, ["Action"], "", [], [], 0, int(time.time() * 1000))],
+    )
+    client.disconnect()
+    # The trainer's own growing, then a version of it as the trainer publishes one.
+    trainer = OnlineTrainer(settings)
+    trainer.load_latest(wait=False)
+    trainer.grow_items([TRAINER_ITEM])
+    trainer.model.save_pretrained(tmp_path / "grown", trainer.item_ids, extra=trainer.extra)
+    grown = publish(
+        settings,
+        "seralm",
+        tmp_path / "grown",
+        VersionMetadata(
+            parent=trainer.version.version,
+            llm_version=trainer.version.metadata.get("llm_version"),
+            extra={"source": "online-trainer", **inherited_provenance(trainer.version.metadata)},
+        ),
+    )
+    before = SequentialRecommender.from_pretrained(grown.path)
+    row = before.item_ids.tolist().index(TRAINER_ITEM)
+    assert not before.model.fusion.knowledge[row].any()  # no knowledge yet: zeros
+    assert before.model.fusion.facts[row].any()  # its catalog facts
+
+    job = KnowledgeJob(settings, progress=False)
+    outcome = job.run_once()
+    assert (outcome.ok, outcome.failed) == (1, 0)  # the one item without knowledge
+    ((_, _, vector),) = [
+        found for found in _knowledge_rows(settings, job.llm.version) if found[0] == TRAINER_ITEM
+    ]
+    assert outcome.published is not None
+    version = ModelRegistry.from_settings(settings).latest("seralm")
+    assert version.version == outcome.published
+    assert version.metadata["parent"] == grown.version
+    assert version.metadata["knowledge_items_added"] == 0
+    assert version.metadata["knowledge_items_filled"] == 1
+    llm = version.metadata["knowledge_channels"]["llm"]
+    assert (llm["llm_version"], llm["prompt_version"]) == (
+        job.llm.version,
+        rows_version(job.template.version),
+    )
+    after = SequentialRecommender.from_pretrained(version.path)
+    assert after.item_ids.tolist() == before.item_ids.tolist()
+    knowledge = after.model.fusion.knowledge
+    np.testing.assert_allclose(knowledge[row].numpy(), vector, atol=1e-6)
+    others = [index for index in range(len(knowledge)) if index != row]
+    assert torch.equal(knowledge[others], before.model.fusion.knowledge[others])
+    assert torch.equal(after.model.fusion.facts, before.model.fusion.facts)
+    trained, kept = after.model.state_dict(), before.model.state_dict()
+    assert trained.keys() == kept.keys()
+    assert all(torch.equal(trained[name], kept[name]) for name in kept)  # nothing retrained
+
+    # The row is filled now: the next run has nothing to write and publishes nothing.
+    assert job.run_once().published is None

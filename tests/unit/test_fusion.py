@@ -178,7 +178,7 @@ def test_the_aligned_version_records_a_new_llm_channel_and_the_same_facts():
     assert provenance["facts"] == facts
     assert provenance["llm"] == {
         **llm,
-        "llm_version": "smollm2@1d8+v000002",
+        "llm_version": "smollm2@1d8+lora:v000002",
         "adapter_version": "v000002",
     }
     assert llm["llm_version"] == "smollm2@1d8"  # the prepared summary is left as it was

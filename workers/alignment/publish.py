@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamrec.registry import LLM_ADAPTER_FAMILY, VersionMetadata, publish
+from workers.knowledge_pipeline import aligned_llm_version
 
 if TYPE_CHECKING:
     from workers.alignment.job import Prepared
@@ -44,7 +45,7 @@ def publish_outputs(settings, prepared: Prepared, metrics: dict, summary: dict) 
             recommender_folder,
             VersionMetadata(
                 metrics=metrics,
-                llm_version=f"{base_llm}+{adapter.version}",
+                llm_version=aligned_llm_version(base_llm, adapter.version),
                 adapter_version=adapter.version,
                 extra={"run": summary, "knowledge_channels": aligned_provenance(prepared, adapter)},
             ),
@@ -59,6 +60,6 @@ def aligned_provenance(prepared: Prepared, adapter) -> dict:
         key: dict(value) for key, value in prepared.knowledge_summary["provenance"].items()
     }
     llm = provenance["llm"]
-    llm["llm_version"] = f"{llm.get('llm_version') or 'default'}+{adapter.version}"
+    llm["llm_version"] = aligned_llm_version(llm.get("llm_version") or "default", adapter.version)
     llm["adapter_version"] = adapter.version
     return provenance
