@@ -287,6 +287,3 @@ def generate_dataset_knowledge(
     }
     write_knowledge_files(out, texts, facts, vectors, summary, facts_vectors)
     return summary
-
-
-# --- The knowledge job (`streamrec worker knowledge`) ---

@@ -178,7 +178,13 @@ class LocalKafka(LocalServer):
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = self._java(
-            "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), heap=False
+            # `--cluster-id=`: an id may begin with "-", which would read as an option.
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(config),
+            heap=False,
         )
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
