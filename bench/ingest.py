@@ -16,8 +16,8 @@ and ClickHouse started in a temporary data directory for the run:
   each event), a dataset `replay`, and kafka-python sending bytes encoded
   beforehand, so that the SDK's own cost is known.
 
-`--profile DIR` runs the one-worker part with `streams.profile_path` set and
-keeps the worker's sampling profile (streams/profiling.py) in DIR.
+`--profile` samples the one-worker part's worker with py-spy from its first send to
+its last row stored, and puts where its CPU went in the JSON (`one_worker.profile`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import statistics
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from bench import pyspy
 from bench.common import isolated_settings, local_services, parser, percentile
 from bench.results import write_result
 from streamrec.db import count_rows
@@ -134,13 +136,21 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def throughput_run(
-    launcher: LocalServices, count: int, workdir: Path, workers: int = 1, **variables
+    launcher: LocalServices,
+    count: int,
+    workdir: Path,
+    workers: int = 1,
+    profile: bool = False,
+    **variables,
 ) -> dict:
     with _workers(launcher, workdir, f"{workers}x{count}", workers, **variables) as (
         settings,
         children,
     ):
         cpu = [_cpu_seconds(child.process.pid) for child in children]
+        raw_profile = workdir / f"worker-{workers}x{count}.pyspy"
+        # Longer than the run: py-spy stops when the worker does.
+        sampler = pyspy.start(children[0].process.pid, 3600, raw_profile) if profile else None
         started = time.perf_counter()
         produce_s = _produce(settings, count)
         wait_for(
@@ -152,6 +162,9 @@ def throughput_run(
         elapsed = time.perf_counter() - started
         cpu = sum(_cpu_seconds(c.process.pid) - s for c, s in zip(children, cpu, strict=True))
         peak_rss = max(_peak_rss_mb(child.process.pid) for child in children)
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+            sampler.wait(60)
     run = {
         "workers": workers,
         "events": count,
@@ -165,6 +178,8 @@ def throughput_run(
         "events_per_cpu_s": round(count / cpu),
         "worker_peak_rss_mb": peak_rss,
     }
+    if profile:
+        run["profile"] = pyspy.summary(raw_profile, top=25)
     if workers == 1:
         raw = _raw_consume_rate(settings, count)
         run["raw_consume_per_s"] = round(raw)
@@ -367,7 +382,9 @@ def main() -> None:
     options.add_argument("--seconds", type=float, default=30.0, help="freshness run: duration")
     options.add_argument("--producer-events", type=int, default=200_000)
     options.add_argument("--dataset", default="ml-100k", help="the producer part's replay")
-    options.add_argument("--profile", type=Path, help="keep the one-worker run's profile here")
+    options.add_argument(
+        "--profile", action="store_true", help="py-spy the one-worker run's worker"
+    )
     options.add_argument(
         "--parts", nargs="+", default=["one", "two", "freshness", "producer"], help="what to run"
     )
@@ -376,12 +393,7 @@ def main() -> None:
     report: dict = {"benchmark": "ingest", "events": args.events}
     with local_services("streamrec-bench-") as (workdir, launcher), _load_watch() as load:
         if "one" in args.parts:
-            profile = {}
-            if args.profile:
-                args.profile.mkdir(parents=True, exist_ok=True)
-                path = args.profile.resolve() / "worker-profile.txt"
-                profile = {"STREAMREC_STREAMS__PROFILE_PATH": str(path)}
-            run = throughput_run(launcher, args.events, workdir, **profile)
+            run = throughput_run(launcher, args.events, workdir, profile=args.profile)
             print(json.dumps(run), flush=True)
             report.update(
                 events_per_s=run["events_per_s"],
