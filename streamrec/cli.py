@@ -254,6 +254,7 @@ def _run_knowledge_once() -> None:
     from streamrec.services.children import streamrec_command
 
     console.print("knowledge: one run for the catalog (LLM generate + encode; cached texts reused)")
+    started = time.perf_counter()
     run = subprocess.Popen(streamrec_command("worker", "knowledge", "--once"))
     try:
         code = run.wait()
@@ -263,6 +264,8 @@ def _run_knowledge_once() -> None:
         raise
     if code != 0:
         console.print(f"[red]the knowledge run exited with code {code}[/red] (see jobs below)")
+    else:
+        console.print(f"knowledge: done in {time.perf_counter() - started:,.0f} s")
 
 
 def _show_jobs(settings, planes, since: float) -> None:

@@ -94,8 +94,10 @@ def load_knowledge_llm(
         torch.set_num_threads(settings.knowledge.threads or free_cpu_threads())
     dtype = resolve_dtype(settings.knowledge.dtype, device)
     model, tokenizer = load_llm(path or None, settings=settings, device=str(device), dtype=dtype)
-    if device.type == "cpu":  # eager attention decodes faster than torch's SDPA on a CPU
-        model.set_attn_implementation("eager")
+    if device.type == "cpu":  # eager-style attention decodes faster than SDPA on a CPU
+        from models.knowledge.attention import NAME as grouped_eager
+
+        model.set_attn_implementation(grouped_eager)
     folder = Path(path).expanduser() if path else fetch_assets(settings).llm
     version = f"{folder.name}@{_folder_digest(folder)}"
     chosen = _adapter(settings, settings.knowledge.adapter if adapter is None else adapter)

@@ -200,3 +200,44 @@ def test_alignment_encodes_each_items_llm_text_alone(tokenizer, tiny):
 
     sampled = 'A heist film.", "summarization": "For crime fans."}'
     assert DocumentOf(MOVIES_TEMPLATE, infos)(2, sampled) == "A heist film. For crime fans."
+
+
+def test_grouped_attention_gives_eager_attentions_logits_and_texts(tokenizer):
+    """The knowledge LLM's CPU attention reads each key/value head once for its query heads;
+    left-padded prefill and cached decoding give what eager attention gives (the same
+    arithmetic; only the matmuls' shapes, so their rounding, differ)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.knowledge import attention
+
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,  # three query heads per key/value head, as SmolLM2
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    batch = tokenizer(
+        ["A short one", "and a much longer prompt than that"],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    answers = {}
+    for name in ("eager", attention.NAME):
+        model.set_attn_implementation(name)
+        with torch.inference_mode():
+            logits = model(**batch).logits
+        generator = KnowledgeGenerator(
+            model, tokenizer, MOVIES_TEMPLATE, batch_size=3, max_new_tokens=12
+        )
+        answers[name] = (logits, [k.text for k in generator.generate(MOVIES)])
+    (eager_logits, eager_texts), (grouped_logits, grouped_texts) = answers.values()
+    real = batch["attention_mask"].bool()  # padded positions' outputs are never read
+    torch.testing.assert_close(eager_logits[real], grouped_logits[real], rtol=1e-5, atol=1e-5)
+    assert eager_texts == grouped_texts
