@@ -2,19 +2,22 @@
 whole MovieLens-100K catalog with the defaults.
 
     python -m bench.knowledge --json bench/results/knowledge.json [--batch-sizes 1 16 64]
-        [--variants whole prefix prefix_int8] [--items 4] [--threads 0] [--catalog]
+        [--variants whole prefix_eager prefix prefix_int8] [--items 4] [--threads 0]
+        [--catalog]
 
-Variants, measured in one run on the same items: `whole` prefills every prompt whole
-(no prefix cache, float32), `prefix` reuses the shared prompt prefix's key/value cache,
-`prefix_int8` also quantises the LLM's Linear layers to int8 (torch's dynamic
-quantisation). Each batch size generates max(batch size, --items) items (the same first
-items every time, no text cache) and encodes them; the figure is items over the seconds
-of both, with the generator's prefill and decode split. `--catalog` then times
-`streamrec knowledge generate --dataset ml-100k` with the defaults from an empty cache
-(a child process, its wall time). `--devices cpu` by default; `--devices cuda` measures
-a GPU alone (bench/gpu.sh), without the int8 variant, which is CPU-only. The result's
-`cpu` and `gpu` sections hold each device's default variant by batch size. The anchor:
-SeRALM reports 2.57 s per item with a 7B LLM on an A100.
+Variants, measured in one run on the same items: `whole` prefills every prompt whole (no
+prefix cache, float32) with transformers' eager attention, `prefix_eager` reuses the
+shared prompt prefix's key/value cache, `prefix` also reads each key/value head once for
+its query heads (models/knowledge/attention.py, the CPU default), `prefix_int8` also
+quantises the LLM's Linear layers to int8 (torch's dynamic quantisation). Each batch
+size generates max(batch size, --items) items (the same first items every time, no text
+cache) and encodes them; the figure is items over the seconds of both, with the
+generator's prefill and decode split. `--catalog` then times `streamrec knowledge
+generate --dataset ml-100k` with the defaults from an empty cache (a child process, its
+wall time). `--devices cpu` by default; `--devices cuda` measures a GPU alone
+(bench/gpu.sh), without the int8 variant, which is CPU-only. The result's `cpu` and
+`gpu` sections hold each device's default variant by batch size. The anchor: SeRALM
+reports 2.57 s per item with a 7B LLM on an A100.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 
 from bench.common import parser
 from bench.results import write_result
+from models.knowledge.attention import NAME as GROUPED
 from models.knowledge.prompts import template_for
 from streamrec.datasets import load_dataset
 from streamrec.settings import get_settings
@@ -45,7 +49,13 @@ from workers.knowledge_pipeline import (
 )
 
 DATASET = "ml-100k"
-VARIANTS = {"whole": (False, False), "prefix": (True, False), "prefix_int8": (True, True)}
+# variant: (prefix cache, int8, the attention on a CPU)
+VARIANTS = {
+    "whole": (False, False, "eager"),
+    "prefix_eager": (True, False, "eager"),
+    "prefix": (True, False, GROUPED),
+    "prefix_int8": (True, True, GROUPED),
+}
 
 
 def measure(settings, llms, encoder, items, variants, batch_sizes, min_items) -> dict:
@@ -53,7 +63,9 @@ def measure(settings, llms, encoder, items, variants, batch_sizes, min_items) ->
     rows = {}
     for batch_size in batch_sizes:  # every variant at one size before the next size
         for variant in variants:
-            prefix_cache, int8 = VARIANTS[variant]
+            prefix_cache, int8, attention = VARIANTS[variant]
+            if llms[int8].model.device.type == "cpu":
+                llms[int8].model.set_attn_implementation(attention)
             chosen = items[: max(batch_size, min_items)]
             chosen_settings = with_overrides(settings, "knowledge", prefix_cache=prefix_cache)
             generator = make_generator(chosen_settings, llms[int8], template, batch_size)
