@@ -53,9 +53,9 @@ class KnowledgeSettings(BaseModel):
     job_group: str = "streamrec-knowledge"
     job_write_batch: int = 64
     job_poll_timeout_ms: int = 2000
-    # The most time between two polls before the broker drops the job from its group. A
-    # run polls (its partitions paused) after each write batch, so this bounds one batch.
-    job_max_poll_interval_s: float = 600.0
+    # The most time between two polls before the broker drops the job from its group: a
+    # run drains the requests, generates, then commits them, so this bounds a whole run.
+    job_max_poll_interval_s: float = 4 * 3600.0
     # Longest wait for the consumer group to get its partitions before a run goes on.
     job_join_timeout_s: float = 30.0
     # `streamrec worker knowledge` without --once: seconds between runs.

@@ -111,6 +111,8 @@ class KnowledgeJob:
             group_id=self.config.job_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # The requests are committed at the end of the run, so the group must keep the
+            # job that long: a catalog run takes minutes to hours (kafka-python's 5).
             max_poll_interval_ms=int(self.config.job_max_poll_interval_s * 1000),
         )
         topic = self.settings.kafka.knowledge_requests_topic
@@ -148,17 +150,6 @@ class KnowledgeJob:
             log.warning("knowledge requests not drained within %ss", self.config.job_join_timeout_s)
         return items
 
-    @staticmethod
-    def _hold(consumer) -> dict:
-        """Pause the drained partitions and return their positions: the offsets to commit
-        once the run's writes are done. Polls while paused keep the job in its group
-        through a long run and fetch nothing that the commit could skip."""
-        from kafka.structs import OffsetAndMetadata
-
-        assigned = list(consumer.assignment())
-        consumer.pause(*assigned)
-        return {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in assigned}
-
     def _missing_items(self, client) -> list[ItemInfo]:
         rows = client.execute(
             f"SELECT {_ITEM_COLUMNS} FROM items FINAL WHERE deleted = 0 AND item_id NOT IN "
@@ -185,7 +176,6 @@ class KnowledgeJob:
             with JobRecorder(self.settings, "knowledge", llm_version=self.llm.version) as run:
                 record_target(client, run.run_id, self.llm.version, rows)
                 requested = set(self._drain_requests(consumer))
-                drained = self._hold(consumer)
                 pending = self._missing_items(client)
                 pending_ids = {item.item_id for item in pending}
                 # Requested items first; a request for an item that has knowledge (or that the
@@ -227,14 +217,12 @@ class KnowledgeJob:
                         run.progress(ok=len(chunk))
                     run.stats = self.generator.stats.since(before).summary()
                     bar.update(len(chunk))
-                    consumer.poll(timeout_ms=0)  # still a member; its partitions paused
                 bar.close()
                 run.stats = self.generator.stats.since(before).summary()
                 published = extend_items(
                     self.settings, client, self.llm.version, rows, self.encoder, written
                 )
-                if drained:
-                    consumer.commit(drained)
+                consumer.commit()
                 if failures:
                     run.fail(f"{run.failed} items failed; last error: {failures[-1]}")
             return JobOutcome(

@@ -199,7 +199,7 @@ class OnlineTrainer:
             external_ids,
             self.model.knowledge_dim,
             self.model.facts_dim,
-            {**self.extra, **self.version.metadata},
+            {**self.extra, **(self.version.metadata if self.version else {})},
         )
         for model in (self.model, self.baseline):
             model.extend_items(
